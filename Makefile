@@ -1,0 +1,45 @@
+# pictaxon: `make app` to run the classifier page, `make test` to check everything.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-quick sync-check nbdev-test pytest export clean-nbs chromium
+
+venv: $(STAMP)
+
+# Rebuilt when the pins or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+export: venv
+	$(BIN)/nbdev-export
+
+clean-nbs: venv
+	$(BIN)/nbdev-clean
+
+# The notebooks are the source: cleaning and exporting must change nothing that is committed.
+sync-check: venv
+	@$(BIN)/nbdev-clean
+	@git diff --quiet -- notebooks app.ipynb || { echo "nbdev-clean changed notebooks: run 'make clean-nbs' and commit"; git diff --stat -- notebooks app.ipynb; exit 1; }
+	@$(BIN)/nbdev-export
+	@test -z "$$(git status --porcelain -- lib)" || { echo "notebooks and library are not in sync: run 'make export' and commit"; git status --porcelain -- lib; exit 1; }
+	@echo "notebooks clean and in sync with lib/pictaxon"
+
+nbdev-test: venv
+	$(BIN)/nbdev-test --n-workers 2
+
+pytest: venv
+	$(BIN)/pytest
+
+test: sync-check nbdev-test pytest
+
+# Everything but the tests marked slow (real training, real browser).
+test-quick: venv
+	$(BIN)/pytest -m "not slow"
