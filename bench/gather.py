@@ -4,13 +4,13 @@ Prints wall time, images/s, the ratio to the ideal N x latency / workers, and ho
 normalising and de-duplicating add to a bare concurrent download of the same URLs.
 Run: .venv/bin/python bench/gather.py [--n 300] [--latency 0.05] [--workers 8]
 """
-import argparse, csv, sys, tempfile, time
+import argparse, csv, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tests'))
-from webserver import PhotoServer, bear_photos          # noqa: E402
+from webserver import bear_photos                       # noqa: E402
 from pictaxon.gather import download, gather            # noqa: E402
 
 
@@ -22,10 +22,14 @@ def main():
     parser.add_argument('--bears', default=str(ROOT.parent / 'shared' / 'datasets' / 'bears'))
     args = parser.parse_args()
 
-    photos = dict(list(bear_photos(Path(args.bears)).items())[: args.n])
+    photos = list(bear_photos(Path(args.bears)))[: args.n]
     n = len(photos)
-    with PhotoServer(photos, latency=args.latency) as server, tempfile.TemporaryDirectory() as tmp:
-        urls = [(name.split('-')[0], f'{server.url}/photo/{name}') for name in photos]
+    # The server runs in its own process, as the internet would: it must not compete for our GIL.
+    server = subprocess.Popen([sys.executable, str(ROOT / 'tests' / 'webserver.py'), args.bears, '--n', str(n),
+                               '--latency', str(args.latency)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    base = server.stdout.readline().strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        urls = [(name.split('-')[0], f'{base}/photo/{name}') for name in photos]
         urls_file = Path(tmp) / 'urls.csv'
         with open(urls_file, 'w', newline='') as f:
             csv.writer(f).writerows([('class', 'url'), *urls])
@@ -38,6 +42,7 @@ def main():
         start = time.perf_counter()
         report = gather(Path(tmp) / 'dataset', urls_file=urls_file, workers=args.workers, progress=False)
         full = time.perf_counter() - start
+    server.stdin.close(); server.wait(timeout=10)
 
     kept = sum(c['kept'] for c in report.counts.values())
     ideal = n * args.latency / args.workers

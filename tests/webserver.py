@@ -53,6 +53,9 @@ class PhotoServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = 'HTTP/1.1'
+            # Headers and body go out in separate writes; without TCP_NODELAY, Nagle's algorithm meets the
+            # client's delayed ACK and every response stalls ~40 ms, which no real web server does.
+            disable_nagle_algorithm = True
             def log_message(self, *args): pass
 
             def send(self, status, kind=None, body=b'', headers=()):
@@ -113,3 +116,17 @@ def bear_photos(bears_dir: Path, per_class: int | None = None) -> dict[str, byte
         for path in sorted(folder.glob('*.jpg'))[:per_class]:
             photos[f'{folder.name}-{path.name}'] = path.read_bytes()
     return photos
+
+
+if __name__ == '__main__':
+    # Serve in a process of its own (benchmarks: the "internet" should not share the client's GIL).
+    import argparse, sys
+    parser = argparse.ArgumentParser()
+    parser.add_argument('bears', type=Path)
+    parser.add_argument('--n', type=int, default=300)
+    parser.add_argument('--latency', type=float, default=0.0)
+    args = parser.parse_args()
+    photos = dict(list(bear_photos(args.bears).items())[: args.n])
+    with PhotoServer(photos, latency=args.latency) as server:
+        print(server.url, flush=True)
+        sys.stdin.read()          # serve until the parent closes our stdin
