@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-quick sync-check nbdev-test pytest export clean-nbs chromium
+.PHONY: venv test test-quick sync-check nbdev-test pytest export clean-nbs chromium app model
 
 venv: $(STAMP)
 
@@ -17,6 +17,18 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
+
+# The upload-and-classify page at http://localhost:8866 (the same command as `pictaxon app`).
+app: venv
+	$(BIN)/pictaxon app
+
+# The default model, committed as models/bears.pkl (+ bears.json, bears_report/): EfficientNet-Lite0 with its
+# ImageNet weights from PyPI, fine-tuned on the shared bear photos. One thread gives the same numbers on any
+# machine and avoids OpenMP's slowdown when the cores are shared (about 5 minutes on one CPU thread).
+BEARS ?= ../shared/datasets/bears
+model: venv
+	OMP_NUM_THREADS=1 $(BIN)/pictaxon train $(BEARS) --out models/bears.pkl --arch efficientnet_lite0 \
+		--epochs 4 --lr 2e-3 --seed 42 --size 224 --valid-pct 0.2 --batch-size 32
 
 export: venv
 	$(BIN)/nbdev-export
@@ -35,7 +47,11 @@ sync-check: venv
 nbdev-test: venv
 	$(BIN)/nbdev-test --n-workers 2
 
-pytest: venv
+# The browser tests drive Debian's chromium; install it once if this machine lacks it.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+pytest: venv chromium
 	$(BIN)/pytest
 
 test: sync-check nbdev-test pytest
