@@ -16,3 +16,14 @@ def bears_dir() -> Path:
         pytest.fail(f'The shared bear photos are missing: expected {path}/{{black,grizzly,teddy}}. '
                     'Clone the project next to shared/ or set PICTAXON_SHARED.')
     return path
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """Torch on one thread for the module: on shared, busy cores OpenMP's spinning threads make it several
+    times slower than one thread."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

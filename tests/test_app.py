@@ -161,7 +161,7 @@ def test_feedback_that_cannot_be_written_says_so_and_leaves_no_partial_file(tmp_
 
 
 def test_make_app_serves_with_pictaxon_app_and_make_test_brings_chromium():
-    dry_run = lambda target: subprocess.run(['make', '-n', target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    dry_run = lambda target: subprocess.run(['make', '--no-print-directory', '-n', target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert dry_run('app').strip().splitlines()[-1] == '.venv/bin/pictaxon app'
     assert 'command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)' in dry_run('pytest')
 

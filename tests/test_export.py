@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pictaxon.export import (export_model, load_model, predict, card_path, ModelLoadError, ModelVersionWarning,
@@ -18,13 +17,7 @@ DEFAULT_MODEL = ROOT / 'models' / 'bears.pkl'
 PICTAXON = str(Path(sys.executable).with_name('pictaxon'))
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """On shared, busy cores OpenMP's spinning threads make torch several times slower than one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -21,14 +21,7 @@ def make_photos(root, per_class=10):
     return root
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """On shared, busy cores OpenMP's spinning threads make torch several times slower than one thread."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 ONE_THREAD_ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
