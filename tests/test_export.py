@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pictaxon.export import (export_model, load_model, predict, card_path, ModelLoadError, ModelVersionWarning,
-                             Prediction, library_versions)
+from pictaxon.export import (export_model, load_model, load_predictor, predict, card_path, ModelLoadError,
+                             ModelVersionWarning, Prediction, library_versions)
 from pictaxon.train import train
 from test_train import make_photos, ONE_THREAD_ENV
 
@@ -54,7 +54,8 @@ def test_card_describes_the_model(exported, photos):
     assert card['manifest_sha256'] == __import__('hashlib').sha256((photos / 'manifest.csv').read_bytes()).hexdigest()
     assert card['training_seconds'] > 0 and card['date'].startswith('20')
     assert card['versions'] == library_versions() and card['note'] == 'made by a test'
-    assert sorted(p.name for p in exported.parent.iterdir()) == ['photos.json', 'photos.pkl']   # no temporary left
+    assert sorted(p.name for p in exported.parent.iterdir()) == ['photos.json', 'photos.pkl', 'photos.pt']   # no temporary left
+    assert card['portable_file'] == 'photos.pt'
 
 
 def test_fresh_process_that_imports_only_pictaxon_predicts_the_same(trained, exported, photos):
@@ -243,3 +244,35 @@ def test_cli_predict_table_json_and_exit_status(bears_dir, tmp_path):
     assert all(len(r['probabilities']) == 3 for r in rows if r['error'] is None)
     nothing = run(str(folder / 'broken.jpg'))
     assert nothing.returncode == 1 and '0 classified, 1 unreadable' in nothing.stderr
+
+
+# The portable copy (MODEL.pt): what the app and `pictaxon predict` load, without fastai.
+
+def test_portable_copy_of_the_default_model_predicts_like_the_learner_without_fastai(bears_model, bears_dir):
+    photos = [str(p) for p in sorted(bears_dir.glob('*/*.jpg'))[::23]]
+    learner_probs = [dict(p.probabilities) for p in predict(bears_model, photos)]
+    code = ('import json, sys; from pictaxon.export import load_predictor, predict; '
+            'm = load_predictor(sys.argv[1]); '
+            'print(json.dumps({"fastai": "fastai" in sys.modules, "learner": m.learner is not None, '
+            '"probs": [dict(p.probabilities) for p in predict(m, sys.argv[2:])]}))')
+    result = subprocess.run([sys.executable, '-c', code, str(DEFAULT_MODEL), *photos], capture_output=True,
+                            text=True, timeout=180, env=ONE_THREAD_ENV, cwd='/')
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out['fastai'] is False and out['learner'] is False, 'served without importing fastai'
+    classes = bears_model.classes
+    np.testing.assert_allclose([[p[c] for c in classes] for p in out['probs']],
+                               [[p[c] for c in classes] for p in learner_probs], atol=1e-5)
+
+
+def test_load_predictor_falls_back_to_the_pkl_and_explains_a_bad_portable_file(exported, tmp_path):
+    plain = tmp_path / 'plain.pkl'
+    shutil.copy(exported, plain)
+    assert load_predictor(plain).learner is not None          # no plain.pt: the fastai learner
+    assert load_predictor(exported).learner is None           # photos.pt next to it: the portable copy
+    (tmp_path / 'plain.pt').write_text('<html>not a model</html>')
+    with pytest.raises(ModelLoadError, match='not a pictaxon model file'): load_predictor(plain)
+    import torch
+    torch.save({'weights': torch.zeros(2)}, tmp_path / 'plain.pt')
+    with pytest.raises(ModelLoadError, match='not a portable pictaxon model'): load_predictor(plain)
+    with pytest.raises(ModelLoadError, match='no model file'): load_predictor(tmp_path / 'missing.pt')
