@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-quick sync-check nbdev-test pytest export clean-nbs chromium app model
+.PHONY: venv test test-quick sync-check nbdev-test lesson-test lesson pytest export clean-nbs chromium app model
 
 venv: $(STAMP)
 
@@ -35,11 +35,13 @@ export: venv
 
 clean-nbs: venv
 	$(BIN)/nbdev-clean
+	$(BIN)/nbdev-clean --fname lesson.ipynb
 
 # The notebooks are the source: cleaning and exporting must change nothing that is committed.
 sync-check: venv
 	@$(BIN)/nbdev-clean
-	@git diff --quiet -- notebooks app.ipynb || { echo "nbdev-clean changed notebooks: run 'make clean-nbs' and commit"; git diff --stat -- notebooks app.ipynb; exit 1; }
+	@$(BIN)/nbdev-clean --fname lesson.ipynb
+	@git diff --quiet -- notebooks app.ipynb lesson.ipynb || { echo "nbdev-clean changed notebooks: run 'make clean-nbs' and commit"; git diff --stat -- notebooks app.ipynb lesson.ipynb; exit 1; }
 	@$(BIN)/nbdev-export
 	@test -z "$$(git status --porcelain -- lib)" || { echo "notebooks and library are not in sync: run 'make export' and commit"; git status --porcelain -- lib; exit 1; }
 	@echo "notebooks clean and in sync with lib/pictaxon"
@@ -54,7 +56,18 @@ chromium:
 pytest: venv chromium
 	$(BIN)/pytest
 
-test: sync-check nbdev-test pytest
+# The learner's notebook (root lesson.ipynb) top to bottom in a fresh kernel, on the route a learner without
+# internet takes (IN_TEST=1: the sample photos), in a scratch copy: it writes photos and models where it runs.
+lesson-test: venv
+	@tmp=$$(mktemp -d); cp lesson.ipynb "$$tmp"/; OMP_NUM_THREADS=1 $(BIN)/nbdev-test "$$tmp/lesson.ipynb"; \
+		status=$$?; rm -rf "$$tmp"; exit $$status
+
+# Refresh the outputs saved in lesson.ipynb (what GitHub and a learner see before running anything), offline.
+lesson: venv
+	OMP_NUM_THREADS=1 $(BIN)/python -c "from pictaxon.lesson import run_lesson; run_lesson('lesson.ipynb', save_to='lesson.ipynb')"
+	$(BIN)/nbdev-clean --fname lesson.ipynb
+
+test: sync-check nbdev-test lesson-test pytest
 
 # Everything but the tests marked slow (real training, real browser).
 test-quick: venv

@@ -41,9 +41,10 @@ def main():
 
         moved = sorted((dataset / 'black').glob('*.jpg'))[:100] + sorted((dataset / 'teddy').glob('*.jpg'))[:100]
         decisions = [(p.relative_to(dataset).as_posix(), 'delete') for p in moved]
+        from pictaxon.moves import apply_decisions, undo     # the safe path lives in pictaxon.moves
         start = time.perf_counter()
-        clean.apply_decisions(dataset, decisions)
-        clean.undo(dataset)
+        apply_decisions(dataset, decisions)
+        undo(dataset)
         safe = time.perf_counter() - start
         start = time.perf_counter()
         aside = work / 'aside'; aside.mkdir()

@@ -148,12 +148,16 @@ def test_killed_apply_loses_nothing_and_can_be_completed_and_undone(dataset, tmp
 
 def test_two_cleans_at_once_are_refused(dataset):
     import fcntl
-    with open(dataset/'.cleaning.lock', 'a') as held:
+    from pictaxon.core import DatasetBusy
+    held = os.open(dataset, os.O_RDONLY)
+    try:
         fcntl.flock(held, fcntl.LOCK_EX)             # as another process in the middle of an apply would
-        with pytest.raises(CleaningError, match='Another clean of .* is running'):
-            apply_decisions(dataset, DECISIONS)
+        with pytest.raises(DatasetBusy, match='Another pictaxon process .* is changing'):
+            apply_decisions(dataset, DECISIONS, lock_wait=0.2)
         assert apply_decisions(dataset, DECISIONS, dry_run=True).moved == 5    # looking is always allowed
+    finally: os.close(held)
     assert apply_decisions(dataset, DECISIONS).moved == 5
+    assert not (dataset/'.cleaning.lock').exists()   # the lock leaves no file in the dataset
 
 
 def test_torn_log_line_from_a_killed_process_is_ignored(dataset):

@@ -54,8 +54,10 @@ def test_card_describes_the_model(exported, photos):
     assert card['manifest_sha256'] == __import__('hashlib').sha256((photos / 'manifest.csv').read_bytes()).hexdigest()
     assert card['training_seconds'] > 0 and card['date'].startswith('20')
     assert card['versions'] == library_versions() and card['note'] == 'made by a test'
-    assert sorted(p.name for p in exported.parent.iterdir()) == ['photos.json', 'photos.pkl', 'photos.pt']   # no temporary left
-    assert card['portable_file'] == 'photos.pt'
+    assert sorted(p.name for p in exported.parent.iterdir()) == ['photos.json', 'photos.onnx', 'photos.pkl', 'photos.pt']   # no temporary left
+    assert card['portable_file'] == 'photos.pt' and card['kind'] == 'fine-tuned'
+    assert {k: v['name'] for k, v in card['files'].items()} == {'onnx': 'photos.onnx', 'pt': 'photos.pt', 'pkl': 'photos.pkl'}
+    assert card['class_names'] == card['classes'] and set(card['transforms']) == {'presize', 'size', 'mean', 'std'}
 
 
 def test_fresh_process_that_imports_only_pictaxon_predicts_the_same(trained, exported, photos):
@@ -246,33 +248,48 @@ def test_cli_predict_table_json_and_exit_status(bears_dir, tmp_path):
     assert nothing.returncode == 1 and '0 classified, 1 unreadable' in nothing.stderr
 
 
-# The portable copy (MODEL.pt): what the app and `pictaxon predict` load, without fastai.
+# The serving engines: ONNX Runtime (MODEL.onnx) first, the portable copy (MODEL.pt), the learner; none imports fastai
+# unless it is the learner.
 
-def test_portable_copy_of_the_default_model_predicts_like_the_learner_without_fastai(bears_model, bears_dir):
+def test_default_model_served_by_onnx_and_by_its_portable_copy_predicts_like_the_learner(bears_model, bears_dir):
     photos = [str(p) for p in sorted(bears_dir.glob('*/*.jpg'))[::23]]
     learner_probs = [dict(p.probabilities) for p in predict(bears_model, photos)]
     code = ('import json, sys; from pictaxon.export import load_predictor, predict; '
-            'm = load_predictor(sys.argv[1]); '
-            'print(json.dumps({"fastai": "fastai" in sys.modules, "learner": m.learner is not None, '
-            '"probs": [dict(p.probabilities) for p in predict(m, sys.argv[2:])]}))')
-    result = subprocess.run([sys.executable, '-c', code, str(DEFAULT_MODEL), *photos], capture_output=True,
-                            text=True, timeout=180, env=ONE_THREAD_ENV, cwd='/')
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
-    assert out['fastai'] is False and out['learner'] is False, 'served without importing fastai'
-    classes = bears_model.classes
-    np.testing.assert_allclose([[p[c] for c in classes] for p in out['probs']],
-                               [[p[c] for c in classes] for p in learner_probs], atol=1e-5)
+            'm = load_predictor(sys.argv[1], engine=sys.argv[2]); '
+            'print(json.dumps({"fastai": "fastai" in sys.modules, "learner": m.learner is not None, "engine": m.engine, '
+            '"probs": [dict(p.probabilities) for p in predict(m, sys.argv[3:])]}))')
+    for engine in ('onnx', 'torch'):
+        result = subprocess.run([sys.executable, '-c', code, str(DEFAULT_MODEL), engine, *photos], capture_output=True,
+                                text=True, timeout=180, env=ONE_THREAD_ENV, cwd='/')
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        assert out['fastai'] is False and out['learner'] is False and out['engine'] == engine, 'served without fastai'
+        classes = bears_model.classes
+        np.testing.assert_allclose([[p[c] for c in classes] for p in out['probs']],
+                                   [[p[c] for c in classes] for p in learner_probs], atol=1e-5)
 
 
-def test_load_predictor_falls_back_to_the_pkl_and_explains_a_bad_portable_file(exported, tmp_path):
+def test_default_model_card_vouches_for_each_engine_file():
+    from pictaxon.core import sha256_file
+    card = json.loads(card_path(DEFAULT_MODEL).read_text())
+    assert card['kind'] == 'fine-tuned' and card['class_names'] == card['classes']
+    assert card['transforms'] == {'presize': 280, 'size': 224, 'mean': [0.5] * 3, 'std': [0.5] * 3}
+    for kind in ('onnx', 'pt', 'pkl'):
+        assert sha256_file(DEFAULT_MODEL.with_suffix('.' + kind)) == card['files'][kind]['sha256']
+    assert card['onnx_agreement']['max_difference'] <= 1e-4
+
+
+def test_load_predictor_picks_a_vouched_engine_and_explains_a_bad_portable_file(exported, tmp_path):
     plain = tmp_path / 'plain.pkl'
     shutil.copy(exported, plain)
-    assert load_predictor(plain).learner is not None          # no plain.pt: the fastai learner
-    assert load_predictor(exported).learner is None           # photos.pt next to it: the portable copy
+    assert load_predictor(plain).learner is not None          # no card, nothing beside it: the fastai learner
+    assert load_predictor(exported).learner is None           # the card vouches for photos.onnx: ONNX Runtime
+    assert load_predictor(exported).engine == 'onnx'
     (tmp_path / 'plain.pt').write_text('<html>not a model</html>')
-    with pytest.raises(ModelLoadError, match='not a pictaxon model file'): load_predictor(plain)
+    with pytest.warns(UserWarning, match='Not using plain.pt'):                    # never unpickled unvouched
+        assert load_predictor(plain).engine == 'fastai'
+    with pytest.raises(ModelLoadError, match='not a pictaxon model file'): load_predictor(tmp_path / 'plain.pt')
     import torch
     torch.save({'weights': torch.zeros(2)}, tmp_path / 'plain.pt')
-    with pytest.raises(ModelLoadError, match='not a portable pictaxon model'): load_predictor(plain)
+    with pytest.raises(ModelLoadError, match='not a portable pictaxon model'): load_predictor(tmp_path / 'plain.pt')
     with pytest.raises(ModelLoadError, match='no model file'): load_predictor(tmp_path / 'missing.pt')

@@ -35,11 +35,13 @@ class PhotoServer:
     /404 /500, /hang.jpg (sleeps `hang_s`), /html.jpg (HTML as image/jpeg), /truncated.jpg, /loop.jpg
     (redirects to itself), /redirect/<name> (one redirect to a photo), /huge.jpg (declares 25 MB),
     /huge-stream.jpg (streams 25 MB with no length), /bomb.png, /empty.jpg, /webp.jpg (the last photo as WEBP bytes),
-    /near/<name> (a re-encoded near copy). `latency` seconds are added to every request.
+    /near/<name> (a re-encoded near copy), /trickle.jpg (declares 40 bytes, sends one every `trickle_s`),
+    /to-localhost/<name> (redirects to the photo at http://localhost:PORT, another name for this machine).
+    `latency` seconds are added to every request.
     """
 
-    def __init__(self, photos: dict[str, bytes], latency: float = 0.0, hang_s: float = 3.0):
-        self.photos, self.latency, self.hang_s = photos, latency, hang_s
+    def __init__(self, photos: dict[str, bytes], latency: float = 0.0, hang_s: float = 3.0, trickle_s: float = 0.3):
+        self.photos, self.latency, self.hang_s, self.trickle_s = photos, latency, hang_s, trickle_s
         self.requests = 0
         first = next(iter(photos.values()))
         self.special = {
@@ -77,6 +79,15 @@ class PhotoServer:
                         return self.send(200, 'image/jpeg', reencoded(server.photos[path[6:]]))
                     if path.startswith('/redirect/'):
                         return self.send(302, headers=[('Location', '/photo/' + path[10:])])
+                    if path.startswith('/to-localhost/'):
+                        port = server.httpd.server_address[1]
+                        return self.send(302, headers=[('Location', f'http://localhost:{port}/photo/' + path[14:])])
+                    if path == '/trickle.jpg':
+                        self.send_response(200); self.send_header('Content-Type', 'image/jpeg')
+                        self.send_header('Content-Length', '40'); self.end_headers()
+                        for _ in range(40):
+                            self.wfile.write(b'\xff'); self.wfile.flush(); time.sleep(server.trickle_s)
+                        return
                     if path in server.special: return self.send(*server.special[path])
                     if path == '/500': return self.send(500, 'text/plain', b'internal error')
                     if path == '/hang.jpg':
@@ -115,6 +126,24 @@ def bear_photos(bears_dir: Path, per_class: int | None = None) -> dict[str, byte
     for folder in sorted(p for p in bears_dir.iterdir() if p.is_dir()):
         for path in sorted(folder.glob('*.jpg'))[:per_class]:
             photos[f'{folder.name}-{path.name}'] = path.read_bytes()
+    return photos
+
+
+def sample_photos(n_per_class: int = 4, side: int = 160, seed: int = 0) -> dict[str, bytes]:
+    """'<class>-<i>.jpg' -> JPEG bytes: random crops of scikit-image's sample photos (every install has them),
+    classes 'cat', 'coffee', 'rocket', 'astronaut'."""
+    import numpy as np
+    from skimage import data
+    rng, photos = np.random.RandomState(seed), {}
+    for name, pixels in [('cat', data.chelsea()), ('coffee', data.coffee()), ('rocket', data.rocket()),
+                         ('astronaut', data.astronaut())]:
+        h, w = pixels.shape[:2]
+        for i in range(n_per_class):
+            crop = rng.randint(int(0.5 * min(h, w)), min(h, w))
+            y, x = rng.randint(0, h - crop + 1), rng.randint(0, w - crop + 1)
+            out = io.BytesIO()
+            Image.fromarray(pixels[y:y + crop, x:x + crop]).resize((side, side)).save(out, 'JPEG', quality=90)
+            photos[f'{name}-{i}.jpg'] = out.getvalue()
     return photos
 
 

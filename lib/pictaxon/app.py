@@ -5,29 +5,37 @@ way to say "wrong label". Served by Voila from the root `app.ipynb` (`make app`,
 
 # %% ../../notebooks/05_app.ipynb #24570e00
 from __future__ import annotations
-import csv, fcntl, html, json, os, sys, threading, time, traceback
+import csv, ctypes, fcntl, gc, html, json, os, sys, threading, time, traceback
 from datetime import datetime, timezone
 from pathlib import Path
 import ipywidgets as widgets
 from PIL import Image, ImageOps
-from .core import PictaxonError, atomic_write, sha256_bytes
-from .images import DEFAULT_MAX_BYTES, jpeg_bytes, open_image
+from .core import PictaxonError, atomic_write, csv_restore, csv_safe, sha256_bytes
+from .images import DEFAULT_MAX_BYTES, is_pdf, jpeg_bytes, open_image, pdf_pages
 
 # %% auto #0
 __all__ = ['MODEL_ENV', 'FEEDBACK_ENV', 'DEFAULT_MODEL', 'DEFAULT_FEEDBACK', 'MAX_PHOTO_BYTES', 'WEBSOCKET_MAX_BYTES',
-           'THUMBNAIL_SIZE', 'FEEDBACK_COLUMNS', 'STYLE', 'log', 'uploaded_files', 'bars_html', 'thumbnail_jpeg',
-           'ResultCard', 'FeedbackError', 'FeedbackStore', 'model_summary', 'ClassifierApp', 'find_app_notebook',
-           'voila_config', 'serve']
+           'MAX_SELECTION_BYTES', 'THUMBNAIL_SIZE', 'ACCEPT', 'IDLE_SECONDS', 'NONE_OF_THESE', 'FEEDBACK_COLUMNS',
+           'STYLE', 'log', 'uploaded_files', 'bars_html', 'thumbnail_jpeg', 'close_widgets', 'ResultCard',
+           'FeedbackError', 'FeedbackStore', 'model_summary', 'page_script', 'release_memory', 'model_from_query',
+           'ClassifierApp', 'find_app_notebook', 'set_xsrf_cookie', 'kernel_culling', 'voila_config', 'serve']
 
 # %% ../../notebooks/05_app.ipynb #28747697
 MODEL_ENV, FEEDBACK_ENV = 'PICTAXON_MODEL', 'PICTAXON_FEEDBACK'
-DEFAULT_MODEL = Path('models')/'bears.pkl'
+DEFAULT_MODEL = Path('models')/'bears.json'   # the card: `load_predictor` finds the engine file beside it
 DEFAULT_FEEDBACK = Path('feedback')
 MAX_PHOTO_BYTES = DEFAULT_MAX_BYTES          # per photo; a larger one gets a card saying so
 # All photos chosen at once travel to the kernel in one websocket message; Tornado's default cap (10 MB)
-# drops a single phone photo without a word, so the server raises it well above MAX_PHOTO_BYTES.
+# drops a single phone photo without a word, so the server raises it well above MAX_PHOTO_BYTES. The page
+# itself refuses a selection above MAX_SELECTION_BYTES before sending it (and says so): the kernel holds a
+# selection twice while it unpacks it, and on Binder two pages share 2 GB.
 WEBSOCKET_MAX_BYTES = 256 * 1024**2
+MAX_SELECTION_BYTES = 160 * 1024**2
 THUMBNAIL_SIZE = (480, 360)                  # pixels; shown at about half that, sharp on phone screens
+# What the upload button offers: phones list HEIC photos and PDFs only when asked for them by name.
+ACCEPT = 'image/*,.heic,.heif,.avif,.pdf,application/pdf'
+IDLE_SECONDS = 300                           # a page unused this long has its kernel stopped; the page says so
+NONE_OF_THESE = '.none_of_these'             # feedback folder for photos of none of the classes (see FeedbackStore)
 
 def log(message: str) -> None:
     "A line for whoever runs the server (its terminal), never for the page."
@@ -45,13 +53,13 @@ def _percent(probability: float) -> str:
     if 0.995 <= probability < 1: return '>99%'
     return f'{probability:.0%}'
 
-def bars_html(probabilities) -> str:
-    "HTML with one labelled bar per `(class, probability)`, in the order given."
-    rows = []
-    for name, probability in probabilities:
-        name = html.escape(str(name))
-        rows.append(f'<div class="pictaxon-bar" data-class="{name}" data-probability="{probability:.4f}">'
-                    f'<span class="pictaxon-bar-name">{name}</span>'
+def bars_html(probabilities, names: dict | None = None) -> str:
+    "HTML with one labelled bar per `(class, probability)`, in the order given, each class shown by its name in `names`."
+    names, rows = names or {}, []
+    for cls, probability in probabilities:
+        shown = html.escape(str(names.get(cls, cls)))
+        rows.append(f'<div class="pictaxon-bar" data-class="{html.escape(str(cls))}" data-probability="{probability:.4f}">'
+                    f'<span class="pictaxon-bar-name">{shown}</span>'
                     f'<span class="pictaxon-bar-track"><span class="pictaxon-bar-fill" '
                     f'style="width:{probability * 100:.1f}%"></span></span>'
                     f'<span class="pictaxon-bar-value">{html.escape(_percent(probability))}</span></div>')
@@ -66,27 +74,40 @@ def thumbnail_jpeg(image: Image.Image, size=THUMBNAIL_SIZE) -> bytes:
     return jpeg_bytes(frame, quality=85)
 
 # %% ../../notebooks/05_app.ipynb #ce686b9e
+def close_widgets(widget) -> None:
+    "Close `widget`, its children, and their layouts and styles (widgets too): the kernel keeps every open widget."
+    for child in getattr(widget, 'children', ()): close_widgets(child)
+    for part in (getattr(widget, 'layout', None), getattr(widget, 'style', None)):
+        if isinstance(part, widgets.Widget): part.close()
+    widget.close()
+
 class ResultCard(widgets.VBox):
-    "One uploaded photo: thumbnail, top label and probability, a bar per class, and 'Wrong label?'."
-    def __init__(self, name: str, content: bytes = b'', on_feedback=None):
+    "One uploaded photo (or PDF page): thumbnail, top label and probability, a bar per class, and 'Wrong label?'."
+    def __init__(self, name: str, content: bytes = b'', on_feedback=None, *, names: dict | None = None,
+                 page: int | None = None, pages: int | None = None):
         self.name, self.content, self.on_feedback = name, content, on_feedback
+        self.names = dict(names or {})       # class id -> the name people wrote, in the model's order
+        self.page, self.pages = page, pages
         self.label = self.probability = self.error = self.feedback_path = None
-        self.probabilities, self.seconds = [], None
+        self.unknown, self.probabilities, self.seconds = False, [], None
         self.thumbnail = widgets.Image(format='jpeg', layout=widgets.Layout(display='none', width='100%', height='auto'))
         self.thumbnail.add_class('pictaxon-thumb')
-        self.caption = widgets.HTML(f'<div class="pictaxon-name" title="{html.escape(name)}">{html.escape(name)}</div>')
+        where = f' <span class="pictaxon-page">page {page} of {pages}</span>' if page else ''
+        self.caption = widgets.HTML(f'<div class="pictaxon-name" title="{html.escape(name)}">{html.escape(name)}{where}</div>')
         # Label and bars live in one widget, so the page never shows one without the other.
         self.result = widgets.HTML('<div class="pictaxon-busy">Looking…</div>')
         self.wrong_button = widgets.Button(description='Wrong label?', tooltip='Tell us the right class',
                                            layout=widgets.Layout(display='none', width='auto'))
         self.wrong_button.add_class('pictaxon-wrong')
-        self.correction = widgets.Dropdown(options=[], layout=widgets.Layout(width='auto', flex='1 1 auto'))
-        self.save_button = widgets.Button(description='Save', button_style='primary', layout=widgets.Layout(width='auto'))
+        self.correction = widgets.Dropdown(options=[], value=None, layout=widgets.Layout(width='auto', flex='1 1 auto'))
+        self.save_button = widgets.Button(description='Save', button_style='primary', disabled=True,
+                                          layout=widgets.Layout(width='auto'))
         self.save_button.add_class('pictaxon-save')
         self.correction_row = widgets.HBox([self.correction, self.save_button], layout=widgets.Layout(display='none'))
         self.note = widgets.HTML('')
         self.wrong_button.on_click(lambda _: self.open_correction())
-        self.save_button.on_click(lambda _: self.save_feedback(self.correction.value))
+        self.correction.observe(lambda change: setattr(self.save_button, 'disabled', change['new'] is None), names='value')
+        self.save_button.on_click(lambda _: self.correction.value is not None and self.save_feedback(self.correction.value))
         super().__init__([self.thumbnail, self.caption, self.result, self.wrong_button,
                           self.correction_row, self.note])
         self.add_class('pictaxon-card')
@@ -96,23 +117,36 @@ class ResultCard(widgets.VBox):
         "'classifying', 'done' or 'error'."
         return 'error' if self.error else 'done' if self.label is not None else 'classifying'
 
+    def display_name(self, cls) -> str:
+        "How a person wrote class `cls` (its id when the model does not say)."
+        return str(self.names.get(cls, cls))
+
     def show_thumbnail(self, image) -> None:
         "Show the (already upright) PIL `image`, whole, in a frame of `THUMBNAIL_SIZE`."
         self.thumbnail.value = thumbnail_jpeg(image)
         self.thumbnail.layout.display = None
 
     def show_prediction(self, prediction, seconds: float | None = None) -> None:
-        "Show `prediction` (a `pictaxon.export.Prediction`): its message if it failed, else label and bars."
+        "Show `prediction` (a `pictaxon.serving.Prediction`): its message if it failed, else label and bars."
         if not prediction.ok: return self.show_error(prediction.error)
         self.label, self.probability = prediction.label, float(prediction.probability)
-        self.probabilities = [(name, float(p)) for name, p in prediction.probabilities]
+        self.unknown = bool(getattr(prediction, 'unknown', False))
+        self.probabilities = [(cls, float(p)) for cls, p in prediction.probabilities]
         self.seconds = seconds
-        label = html.escape(str(self.label))
-        self.result.value = (f'<div class="pictaxon-label" data-label="{label}" data-probability="{self.probability:.4f}">'
-                             f'{label} <span class="pictaxon-probability">{html.escape(_percent(self.probability))}</span>'
-                             f'</div>{bars_html(self.probabilities)}')
+        label, name = html.escape(str(self.label)), html.escape(self.display_name(self.label))
+        percent = f'<span class="pictaxon-probability">{html.escape(_percent(self.probability))}</span>'
+        attributes = f'data-label="{label}" data-probability="{self.probability:.4f}" data-unknown="{str(self.unknown).lower()}"'
+        if self.unknown:      # a photo of none of the classes: say so, and still show the closest class
+            known = [self.display_name(cls) for cls in (self.names or [cls for cls, _ in self.probabilities])]
+            headline = (f'<div class="pictaxon-label pictaxon-unknown" {attributes}>Not one of: '
+                        f'{html.escape(", ".join(known))}</div><div class="pictaxon-closest">closest: {name} {percent}</div>')
+        else: headline = f'<div class="pictaxon-label" {attributes}>{name} {percent}</div>'
+        self.result.value = headline + bars_html(self.probabilities, self.names)
         if self.on_feedback:
-            self.correction.options = sorted(name for name, _ in self.probabilities)
+            ids = self.names or {cls: cls for cls, _ in self.probabilities}
+            choices = sorted(((self.display_name(cls), cls) for cls in ids), key=lambda choice: choice[0].lower())
+            self.correction.options = choices + [('none of these', NONE_OF_THESE)]
+            self.correction.value = None
             self.wrong_button.layout.display = None
 
     def show_error(self, message: str) -> None:
@@ -121,17 +155,17 @@ class ResultCard(widgets.VBox):
         self.result.value = f'<div class="pictaxon-error" role="alert">{html.escape(self.error)}</div>'
 
     def open_correction(self) -> None:
-        "Show the class picker, preset to the most likely class that is not the predicted one."
-        others = [name for name, _ in self.probabilities if name != self.label]
-        if others: self.correction.value = others[0]
+        "Show the class picker, with nothing chosen: the user picks the right class, or 'none of these'."
+        self.correction.value = None
         self.wrong_button.layout.display = 'none'
         self.correction_row.layout.display = None
 
     def save_feedback(self, corrected: str) -> Path | None:
-        "Hand the photo and `corrected` to `on_feedback`; say on the card whether it was saved."
+        "Hand the photo and `corrected` (a class id, or `NONE_OF_THESE`) to `on_feedback`; say on the card whether it was saved."
+        shown = 'none of these' if corrected == NONE_OF_THESE else self.display_name(corrected)
         try:
             self.feedback_path = self.on_feedback(self, corrected)
-            self.note.value = (f'<div class="pictaxon-saved">Saved as <b>{html.escape(corrected)}</b>. Thank you!</div>')
+            self.note.value = f'<div class="pictaxon-saved">Saved as <b>{html.escape(shown)}</b>. Thank you!</div>'
             self.correction_row.layout.display = 'none'
             return self.feedback_path
         except PictaxonError as e: self.note.value = f'<div class="pictaxon-error" role="alert">{html.escape(str(e))}</div>'
@@ -140,14 +174,23 @@ class ResultCard(widgets.VBox):
             self.note.value = (f'<div class="pictaxon-error" role="alert">Could not save this photo as feedback '
                                f'({html.escape(type(e).__name__)}). Nothing was written.</div>')
 
+    def release(self) -> None:
+        "Close the card's widgets, so the kernel forgets them, and drop the photo's bytes."
+        self.content, self.thumbnail.value = b'', b''
+        close_widgets(self)
+
 # %% ../../notebooks/05_app.ipynb #da2e7dac
 FEEDBACK_COLUMNS = ['time', 'file', 'predicted', 'corrected', 'probability', 'probabilities', 'source']
+_TEXT_COLUMNS = ('file', 'predicted', 'corrected', 'probabilities', 'source')   # may carry what a user typed or named
 
 class FeedbackError(PictaxonError):
     "Feedback could not be saved."
 
 class FeedbackStore:
-    "Relabelled photos saved as `folder/<class>/<sha256>.jpg`, one row each in `folder/feedback.csv`."
+    """Relabelled photos saved as `folder/<class>/<sha256>.jpg`, one row each in `folder/feedback.csv`.
+
+    Photos of none of the classes go to `folder/.none_of_these/`: a dot folder, which `pictaxon gather
+    --from-folder` and the dataset readers skip, so they never become a class."""
     def __init__(self, folder=DEFAULT_FEEDBACK): self.folder = Path(folder)
 
     @property
@@ -155,8 +198,8 @@ class FeedbackStore:
 
     def save(self, content: bytes, *, corrected: str, predicted: str | None = None, probabilities=(),
              source: str = '') -> Path:
-        "Save the photo in `content` under class `corrected` and log a row; the saved file's path."
-        if not corrected or corrected.startswith('.') or '/' in corrected or '\\' in corrected:
+        "Save the photo in `content` under class `corrected` (or `NONE_OF_THESE`) and log a row; the saved file's path."
+        if not corrected or (corrected.startswith('.') and corrected != NONE_OF_THESE) or '/' in corrected or '\\' in corrected:
             raise FeedbackError(f'{corrected!r} cannot be a class folder name.')
         data = jpeg_bytes(open_image(content), quality=95)
         path = self.folder/corrected/f'{sha256_bytes(data)}.jpg'
@@ -164,10 +207,11 @@ class FeedbackStore:
         row = {'time': datetime.now(timezone.utc).isoformat(timespec='seconds'), 'file': f'{corrected}/{path.name}',
                'predicted': predicted or '', 'corrected': corrected,
                'probability': f'{probabilities.get(predicted, 0):.4f}' if predicted else '',
-               'probabilities': json.dumps({k: round(float(v), 4) for k, v in probabilities.items()}), 'source': source}
+               'probabilities': json.dumps({k: round(float(v), 4) for k, v in probabilities.items()}, ensure_ascii=False),
+               'source': source}
         try:
             if not path.exists(): atomic_write(path, data)
-            self._append(row)
+            self._append({k: csv_safe(v) if k in _TEXT_COLUMNS else v for k, v in row.items()})
         except OSError as e:
             raise FeedbackError(f'Could not save the feedback in {self.folder} ({e.strerror or e}); '
                                 'check that the folder is writable. Nothing was written.') from None
@@ -184,14 +228,15 @@ class FeedbackStore:
             f.flush()
 
     def rows(self) -> list[dict]:
-        "The feedback rows saved so far."
+        "The feedback rows saved so far, with their text as it was given (not as `csv_safe` wrote it)."
         if not self.csv_path.exists(): return []
-        with open(self.csv_path, newline='', encoding='utf-8') as f: return list(csv.DictReader(f))
+        with open(self.csv_path, newline='', encoding='utf-8') as f:
+            return [{k: csv_restore(v or '') if k in _TEXT_COLUMNS else v for k, v in row.items()} for row in csv.DictReader(f)]
 
 # %% ../../notebooks/05_app.ipynb #c3291060
 def model_summary(card: dict) -> str:
-    "A few sentences (HTML) about a model from its card: classes, validation accuracy, training data."
-    classes = [str(c) for c in card.get('classes') or []]
+    "A few sentences (HTML) about a model from its card: classes (as people wrote them), validation accuracy, training data."
+    classes = [str(c) for c in card.get('class_names') or card.get('classes') or []]
     parts = [f'Knows {len(classes)} classes: <b>{html.escape(", ".join(classes))}</b>.']
     if card.get('valid_accuracy') is not None:
         held_out = f'{card["n_valid"]} validation photos' if card.get('n_valid') else 'its validation photos'
@@ -217,28 +262,145 @@ STYLE = '''<style>
 .pictaxon-card .widget-html-content { line-height: 1.4; }
 @media (max-width: 560px) { .pictaxon-card { width: 100%; } }
 .pictaxon-name { color: #888; font-size: 0.8em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-.pictaxon-label { font-size: 1.35em; font-weight: 600; margin: 2px 0 4px; }
+.pictaxon-page { color: #555; }
+.pictaxon-label { font-size: 1.35em; font-weight: 600; margin: 2px 0 4px; overflow-wrap: anywhere; }
+.pictaxon-label.pictaxon-unknown { font-size: 1.1em; color: #7a4b00; }
+.pictaxon-closest { color: #555; margin: 0 0 4px; overflow-wrap: anywhere; }
 .pictaxon-probability { color: #666; font-weight: 400; font-size: 0.8em; }
 .pictaxon-busy { color: #888; font-style: italic; margin: 6px 0; }
 .pictaxon-error { color: #a33; line-height: 1.4; margin: 4px 0; }
 .pictaxon-saved { color: #2a6e3f; margin: 4px 0; }
-.pictaxon-bar { display: flex; align-items: center; gap: 6px; font-size: 0.85em; margin: 3px 0; }
-.pictaxon-bar-name { flex: 0 0 34%; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.pictaxon-bar { display: flex; align-items: center; gap: 6px; font-size: 0.85em; margin: 3px 0; line-height: 1.25; }
+.pictaxon-bar-name { flex: 0 0 38%; overflow-wrap: anywhere; }
 .pictaxon-bar-track { flex: 1 1 auto; height: 8px; background: #eee; border-radius: 4px; overflow: hidden; }
 .pictaxon-bar-fill { display: block; height: 100%; background: #4a7fb5; }
 .pictaxon-bar-value { flex: 0 0 3em; text-align: right; color: #555; }
 .pictaxon-card .pictaxon-wrong { background: none; color: #4a7fb5; padding: 0; height: auto; }
-.pictaxon-card .widget-dropdown { width: auto; }
+.pictaxon-card .widget-dropdown { width: auto; min-width: 0; }
+.pictaxon-banner { position: fixed; top: 0; left: 0; right: 0; z-index: 1000; padding: 12px 16px; font-size: 15px;
+                   line-height: 1.45; box-shadow: 0 2px 6px rgba(0,0,0,.18); font-family: sans-serif; }
+.pictaxon-banner a { color: inherit; font-weight: 600; }
+.pictaxon-banner-warning { background: #fff4d6; color: #5a4300; }
+.pictaxon-banner-stopped { background: #fde2e1; color: #7a1c1c; }
 </style>'''
 
+# %% ../../notebooks/05_app.ipynb #5e1a0c08
+_PAGE_SCRIPT = r'''<script>
+(() => {
+  if (window.pictaxonPage) return;
+  window.pictaxonPage = true;
+  const SELECTION_LIMIT = __SELECTION_LIMIT__, POLL_SECONDS = __POLL_SECONDS__;
+  const RELOAD = '<a href="#" onclick="location.reload(); return false;">Reload the page</a>';
+  const megabytes = bytes => Math.round(bytes / 1024 / 1024) + ' MB';
+  let stopped = false, leaving = false;
+  function say(kind, message) {
+    let banner = document.getElementById('pictaxon-banner');
+    if (!banner) {
+      banner = document.createElement('div');
+      banner.id = 'pictaxon-banner';
+      banner.setAttribute('role', 'alert');
+      document.body.appendChild(banner);
+    }
+    banner.className = 'pictaxon-banner pictaxon-banner-' + kind;
+    banner.dataset.kind = kind;
+    banner.innerHTML = message;
+    banner.style.display = message ? '' : 'none';
+    document.body.style.paddingTop = message ? banner.offsetHeight + 'px' : '';   // push the page below it
+  }
+  function stop(message) {
+    if (leaving || stopped) return;
+    stopped = true;
+    say('stopped', message);
+  }
+  window.addEventListener('beforeunload', () => { leaving = true; });
+  function watch() {
+    const manager = window.jupyterapp && window.jupyterapp.widgetManager;
+    const kernel = manager && manager.kernel;
+    if (!kernel) return setTimeout(watch, 300);
+    const ended = () => stop('This page has stopped: it was left unused for a while (or the server shut it ' +
+                             'down) to free memory, and its results are gone. ' + RELOAD + ' to start again.');
+    kernel.statusChanged.connect((_, status) => {
+      if (status === 'restarting' || status === 'autorestarting')
+        stop('This page stopped working: the program behind it ran out of memory or crashed, and its results ' +
+             'are gone. ' + RELOAD + ' to start again, and choose fewer or smaller photos at a time.');
+      else if (status === 'dead') ended();
+    });
+    // A kernel stopped by the server (culled when idle) leaves the page's connection open and silent: ask.
+    const url = kernel.serverSettings.baseUrl + 'api/kernels/' + kernel.id;
+    const poll = setInterval(() => {
+      if (stopped || leaving) return clearInterval(poll);
+      fetch(url, {credentials: 'same-origin', cache: 'no-store'})
+        .then(reply => { if (reply.status === 404) { clearInterval(poll); ended(); } }, () => {});
+    }, POLL_SECONDS * 1000);
+    kernel.connectionStatusChanged.connect((_, status) => {
+      if (stopped || leaving) return;
+      if (status === 'connecting') say('warning', 'Lost the connection to the server; trying again…');
+      else if (status === 'connected') say('', '');
+      else if (status === 'disconnected')
+        stop('The server cannot be reached. ' + RELOAD + ' when it is back.');
+    });
+  }
+  watch();
+  function check(event) {
+    const files = Array.from(this.files || []);
+    const total = files.reduce((sum, file) => sum + file.size, 0);
+    if (stopped) {
+      event.stopImmediatePropagation();
+      this.value = '';
+    } else if (total > SELECTION_LIMIT) {
+      event.stopImmediatePropagation();
+      this.value = '';
+      const chosen = files.length === 1 ? 'The file you chose is ' : 'The ' + files.length + ' files you chose add up to ';
+      say('warning', chosen + megabytes(total) + ', more than the ' + megabytes(SELECTION_LIMIT) + ' this page takes ' +
+          'at once, so nothing was sent. Choose fewer or smaller files at a time.');
+    } else say('', '');
+  }
+  // ipywidgets' upload button clicks a file input that is never in the page: catch it when it is clicked.
+  const click = HTMLInputElement.prototype.click;
+  HTMLInputElement.prototype.click = function () {
+    if (this.type === 'file' && !this.pictaxonChecked) {
+      this.pictaxonChecked = true;
+      this.addEventListener('change', check, true);   // capturing: runs before the button reads the files
+    }
+    return click.apply(this, arguments);
+  };
+})();
+</script>'''
+
+def page_script(max_selection_bytes: int = MAX_SELECTION_BYTES, poll_seconds: float = 10) -> str:
+    "The `<script>` the app shows with itself: a banner when the kernel stops or a selection is too large."
+    return (_PAGE_SCRIPT.replace('__SELECTION_LIMIT__', str(int(max_selection_bytes)))
+                        .replace('__POLL_SECONDS__', str(poll_seconds)))
+
+# %% ../../notebooks/05_app.ipynb #5e1a0c09
+def release_memory() -> None:
+    "Hand freed memory back to the system: Python frees the uploads, but glibc keeps large freed blocks for reuse."
+    gc.collect()
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError): pass         # not glibc: nothing to trim
+
+# %% ../../notebooks/05_app.ipynb #972ce7dd
+def model_from_query(query: str | None = None, root=None) -> Path | None:
+    "The model a page address names (`?model=models/mine.json`; Voila puts it in `QUERY_STRING`), only inside `root`."
+    from urllib.parse import parse_qs
+    names = parse_qs(os.environ.get('QUERY_STRING', '') if query is None else query).get('model')
+    if not names: return None
+    root = Path(root or Path.cwd()).resolve()
+    path = (root/names[0]).resolve()
+    if not (path.is_relative_to(root) and path.suffix.lower() in ('.json', '.onnx') and path.is_file()):
+        raise PictaxonError(f'The page address names the model {names[0]!r}, which is not a model card (.json) or '
+                            'ONNX file in this folder. Check the link, or open the page without "?model=".')
+    return path
+
+# %% ../../notebooks/05_app.ipynb #5e1a0c11
 class ClassifierApp(widgets.VBox):
     "The upload-and-classify page: upload area, model summary and a card per photo."
     def __init__(self, model=None, *, model_error: str | None = None, feedback_dir=None, title: str = 'Photo classifier'):
-        self.model, self.model_error, self.ready = None, None, threading.Event()
+        self.model, self.model_error, self.names, self.ready = None, None, {}, threading.Event()
         self.feedback = FeedbackStore(feedback_dir or os.environ.get(FEEDBACK_ENV) or DEFAULT_FEEDBACK)
         self.title = widgets.HTML(f'<h1>{html.escape(title)}</h1>')
         self.help = widgets.HTML('')
-        self.upload = widgets.FileUpload(accept='image/*', multiple=True, description='Choose photos',
+        self.upload = widgets.FileUpload(accept=ACCEPT, multiple=True, description='Choose photos',
                                          button_style='primary', icon='upload', layout=widgets.Layout(width='auto'))
         self.clear_button = widgets.Button(description='Clear', icon='times', tooltip='Remove all results',
                                            layout=widgets.Layout(width='auto'))
@@ -255,34 +417,41 @@ class ClassifierApp(widgets.VBox):
         self._show_help([])
         if model is not None or model_error is not None: self.set_model(model, model_error)
 
+    def _ipython_display_(self):
+        # The page's script first (Voila runs it), then the widgets.
+        from IPython.display import HTML, display
+        display(HTML(page_script()))
+        display(self._repr_mimebundle_(), raw=True)
+
     def _show_help(self, classes) -> None:
         what = f'which of {", ".join(map(str, classes))} it shows' if classes else 'what it shows'
-        self.help.value = (f'<div class="pictaxon-help">Choose one or more photos (JPEG, PNG, WEBP, up to '
-                           f'{MAX_PHOTO_BYTES // 1024**2} MB each): for each, the model says {html.escape(what)} '
+        self.help.value = (f'<div class="pictaxon-help">Choose one or more photos (JPEG, PNG, WEBP, HEIC, or a PDF, '
+                           f'up to {MAX_PHOTO_BYTES // 1024**2} MB each): for each, the model says {html.escape(what)} '
                            'and how sure it is.</div>')
 
     def set_model(self, model=None, error: str | None = None) -> None:
-        "Use `model` (a `pictaxon.export.Model`), or show `error` and switch the upload off."
+        "Use `model` (a `pictaxon.serving.Predictor`), or show `error` and switch the upload off."
         self.model, self.model_error = model, None if model is not None else (error or 'No model is loaded.')
         if model is not None:
-            self._show_help(model.classes)
-            info = model_summary(model.card or {'classes': model.classes})
+            self.names = dict(zip(model.classes, model.class_names))
+            self._show_help(list(self.names.values()))
+            info = model_summary({**(model.card or {}), 'classes': model.classes, 'class_names': list(self.names.values())})
         else: info = f'<span class="pictaxon-error" role="alert">{html.escape(self.model_error)}</span>'
         self.model_info.value = f'<div class="pictaxon-model">{info}</div>'
         self.upload.disabled = model is None
         self.ready.set()
 
     def load(self, model_path=None, *, background: bool = False) -> None:
-        "Load the model at `model_path` (default: `$PICTAXON_MODEL`, else `models/bears.pkl`), maybe in a thread."
+        "Load the model at `model_path` (default: `$PICTAXON_MODEL`, else `models/bears.json`), maybe in a thread."
         path = Path(model_path or os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
         if background: threading.Thread(target=self._load, args=(path, True), daemon=True, name='pictaxon-load').start()
         else: self._load(path)
 
     def _load(self, path, warm_up: bool = False) -> None:
         try:
-            from pictaxon.export import load_predictor, predict
-            model = load_predictor(path)     # the portable copy when there is one: no fastai in the kernel
-            # torch sets itself up on the first call: spend that on a blank image, not on the user's first photo.
+            from pictaxon.serving import load_predictor, predict     # ONNX Runtime: neither torch nor fastai
+            model = load_predictor(path)
+            # The engine sets itself up on the first call: spend that on a blank image, not on the user's first photo.
             if warm_up: predict(model, [Image.new('RGB', (64, 64))])
             self.set_model(model)
         except PictaxonError as e: self.set_model(error=f'The model could not be loaded. {e}')
@@ -304,53 +473,76 @@ class ClassifierApp(widgets.VBox):
         return list(self.results.children)
 
     def clear(self) -> None:
-        "Remove every result card."
-        self.results.children = ()
+        "Remove every result card, and with them the photos' bytes."
+        cards, self.results.children = self.results.children, ()
+        for card in cards: card.release()
         self.status.value = ''
+        release_memory()
 
     def _on_upload(self, change) -> None:
         if not change['new']: return          # our own reset below
-        try: self.classify(uploaded_files(change['new']))
-        finally: self.upload.value = ()
+        try: files = uploaded_files(change['new'])
+        finally: self.upload.value = ()       # the widget's copy goes now: the cards keep the only one
+        self.classify(files)
+
+    def _new_card(self, name, content, **page) -> ResultCard:
+        return ResultCard(name, content, on_feedback=self._save_feedback, names=self.names, **page)
 
     def classify(self, files) -> list[ResultCard]:
-        "Add a card for each `(name, bytes)` in `files` and classify them; the new cards."
+        "Add a card for each `(name, bytes)` in `files` (one per page of a PDF) and classify them; the new cards."
         started = time.perf_counter()
-        cards, readable = [], []
+        cards, todo = [], []                  # todo: (card, what to predict on)
         for name, content in files:
-            card = ResultCard(name, content, on_feedback=self._save_feedback)
-            cards.append(card)
+            card = None
             try:
-                card.show_thumbnail(open_image(content, max_bytes=MAX_PHOTO_BYTES, draft_size=max(THUMBNAIL_SIZE)))
-                readable.append(card)
-            except PictaxonError as e: card.show_error(str(e))
-            except Exception: card.show_error(self._unexpected(name))
+                if not is_pdf(content):
+                    cards.append(card := self._new_card(name, content))
+                    card.show_thumbnail(open_image(content, max_bytes=MAX_PHOTO_BYTES, draft_size=max(THUMBNAIL_SIZE)))
+                    todo.append((card, content))
+                    continue
+                pages = pdf_pages(content)
+                for number, page in enumerate(pages, 1):
+                    # A page's card keeps it as a JPEG (for feedback); the model sees the page as rendered,
+                    # as `pictaxon predict file.pdf` does.
+                    cards.append(page_card := self._new_card(name, jpeg_bytes(page, quality=92), page=number, pages=len(pages)))
+                    page_card.show_thumbnail(page)
+                    todo.append((page_card, page))
+                del pages
+            except PictaxonError as e:
+                if card is None: cards.append(card := self._new_card(name, b''))
+                card.show_error(str(e))
+            except Exception:
+                if card is None: cards.append(card := self._new_card(name, b''))
+                card.show_error(self._unexpected(name))
         self.results.children = tuple(cards) + tuple(self.results.children)
-        if readable: self._predict(readable)
+        if todo: self._predict(todo)
         log(f'{len(files)} photo(s) shown in {time.perf_counter() - started:.3f} s')
         return cards
 
-    def _predict(self, cards) -> None:
+    def _predict(self, todo, batch: int = 8) -> None:
         if not self.ready.is_set():
             self.status.value = '<span class="pictaxon-busy">Loading the model…</span>'
             self.ready.wait()
         if self.model is None:
-            for card in cards: card.show_error(self.model_error or 'No model is loaded.')
+            for card, _ in todo: card.show_error(self.model_error or 'No model is loaded.')
             return
-        self.status.value = f'<span class="pictaxon-busy">Classifying {len(cards)} photo{"s" if len(cards) > 1 else ""}…</span>'
-        try:
-            # The same call as `pictaxon predict` on the files: the page shows exactly what it would print.
-            from pictaxon.export import predict
-            started = time.perf_counter()
-            predictions = predict(self.model, [card.content for card in cards])
-            seconds = time.perf_counter() - started
-            log(f'predict: {len(cards)} photo(s) in {seconds:.3f} s')
-            for card, prediction in zip(cards, predictions): card.show_prediction(prediction, seconds)
-        except PictaxonError as e:
-            for card in cards: card.show_error(str(e))
-        except Exception:
-            for card in cards: card.show_error(self._unexpected(card.name))
-        finally: self.status.value = ''
+        from pictaxon.serving import predict
+        for start in range(0, len(todo), batch):   # a few at a time: a dozen 12 MP photos decoded at once is 400 MB
+            part = todo[start:start + batch]
+            self.status.value = f'<span class="pictaxon-busy">Classifying {len(todo) - start} photo{"s" if len(todo) - start > 1 else ""}…</span>'
+            try:
+                # The same call as `pictaxon predict` on the files: the page shows exactly what it would print.
+                began = time.perf_counter()
+                predictions = predict(self.model, [source for _, source in part])
+                seconds = time.perf_counter() - began
+                log(f'predict: {len(part)} photo(s) in {seconds:.3f} s')
+                for (card, _), prediction in zip(part, predictions): card.show_prediction(prediction, seconds)
+                todo[start:start + batch] = [(card, None) for card, _ in part]    # rendered PDF pages can go
+            except PictaxonError as e:
+                for card, _ in part: card.show_error(str(e))
+            except Exception:
+                for card, _ in part: card.show_error(self._unexpected(card.name))
+        self.status.value = ''
 
     def _unexpected(self, name) -> str:
         log(f'classifying {name} failed:\n{traceback.format_exc()}')
@@ -368,24 +560,38 @@ def find_app_notebook() -> Path:
         if (folder/'app.ipynb').is_file(): return folder/'app.ipynb'
     raise PictaxonError('No app.ipynb here: run `pictaxon app` from the pictaxon project folder.')
 
-def voila_config(port: int = 8866) -> dict:
+def set_xsrf_cookie(handler, notebook=None, cwd=None) -> None:
+    """Voila prelaunch hook: give the page its `_xsrf` cookie before Voila starts streaming it.
+
+    The page asks for its kernel's shutdown when it closes (a POST that must carry the `_xsrf` cookie's value),
+    but Voila 0.5 streams the page and only touches the token once the headers are gone, so no cookie is set
+    and the request is refused ("'_xsrf' argument missing from POST"): every closed tab left its kernel behind."""
+    handler.xsrf_token      # reading it sets the cookie, while the response can still take one
+
+def kernel_culling(idle_seconds: int = IDLE_SECONDS, *, connected: bool = True) -> dict:
+    "Settings for `MappingKernelManager` that stop kernels unused for `idle_seconds` (0: never); `connected`: open pages too."
+    if not idle_seconds: return {}
+    return {'cull_idle_timeout': int(idle_seconds), 'cull_interval': max(1, min(60, int(idle_seconds) // 4)),
+            'cull_connected': connected}
+
+def voila_config(port: int = 8866, idle_seconds: int = IDLE_SECONDS) -> dict:
     "The Voila settings the app is served with."
     return {'Voila': {'port': port, 'open_browser': False,
                       'tornado_settings': {'websocket_max_message_size': WEBSOCKET_MAX_BYTES}},
-            'VoilaConfiguration': {'show_tracebacks': False, 'strip_sources': True}}
+            'VoilaConfiguration': {'show_tracebacks': False, 'strip_sources': True, 'prelaunch_hook': set_xsrf_cookie},
+            'MappingKernelManager': kernel_culling(idle_seconds)}
 
-def serve(model=None, *, port: int = 8866, feedback=None, notebook=None) -> None:
+def serve(model=None, *, port: int = 8866, feedback=None, notebook=None, idle_seconds: int = IDLE_SECONDS) -> None:
     "Serve the app with Voila at http://localhost:`port` until interrupted."
     from traitlets.config import Config
     from voila.app import Voila
     notebook = Path(notebook) if notebook else find_app_notebook()
     if model: os.environ[MODEL_ENV] = str(Path(model).resolve())
     if feedback: os.environ[FEEDBACK_ENV] = str(Path(feedback).resolve())
-    # Every page gets its own kernel. torch's default of one thread per core makes kernels (and anything else
-    # running) fight over the cores: on a busy 2-core machine a 12 MP photo took 1.5 s to predict with the
-    # default and 0.15 s with one thread (bench/app.py). Set OMP_NUM_THREADS yourself to choose otherwise.
+    # Every page gets its own kernel: one thread each keeps them (and anything else running) from fighting
+    # over the cores. Set OMP_NUM_THREADS yourself to choose otherwise.
     os.environ.setdefault('OMP_NUM_THREADS', '1')
     model_path = Path(os.environ.get(MODEL_ENV) or notebook.parent/DEFAULT_MODEL)
     if not model_path.is_file():
         log(f'warning: no model file at {model_path}; the page will say so. Train one with `pictaxon train`.')
-    Voila.launch_instance(argv=[str(notebook)], config=Config(voila_config(port)))
+    Voila.launch_instance(argv=[str(notebook)], config=Config(voila_config(port, idle_seconds)))

@@ -12,7 +12,9 @@ from .core import PictaxonError
 # %% auto #0
 __all__ = ['VERBS', 'verb', 'add_gather_arguments', 'run_gather', 'add_review_arguments', 'run_review', 'add_clean_arguments',
            'run_clean', 'add_train_arguments', 'run_train', 'add_predict_arguments', 'expand_images',
-           'format_prediction', 'run_predict', 'add_app_arguments', 'run_app', 'build_parser', 'main']
+           'prediction_source', 'format_prediction', 'prediction_record', 'run_predict', 'add_bulk_predict_arguments',
+           'run_bulk_predict', 'add_app_arguments', 'run_app', 'add_serve_arguments', 'run_serve', 'build_parser',
+           'main']
 
 # %% ../../notebooks/06_cli.ipynb #f3c751b9
 VERBS: dict = {}
@@ -52,6 +54,11 @@ def add_gather_arguments(parser):
                         help='import your own photos from DIR/<class>/* through the same checks')
     parser.add_argument('--folder', action='append', default=[], metavar='"CLASS=FOLDER"',
                         help='folder name for a class instead of its slug, e.g. --folder "grizzly bear=grizzly"')
+    parser.add_argument('--max-pages', type=int, default=50, metavar='N',
+                        help='with --from-folder: a PDF becomes one photo per page, up to N pages (default: 50)')
+    parser.add_argument('--allow-private-addresses', action='store_true',
+                        help='also download from this machine and local networks (loopback, private, link-local '
+                             'addresses; refused by default, since URL lists and redirects can point there)')
 
 @verb('gather', 'turn class names (or a URL list, or your own folders) into a clean image dataset',
       add_gather_arguments)
@@ -66,9 +73,10 @@ def run_gather(args) -> int:
                     max_size=args.max_size, min_side=args.min_side, workers=args.workers,
                     timeout=args.timeout, max_bytes=int(args.max_mb * 1024**2),
                     near_threshold=args.near_threshold, urls_file=args.urls,
-                    from_folder=args.from_folder, folder_names=folder_names)
+                    from_folder=args.from_folder, folder_names=folder_names, max_pages=args.max_pages,
+                    allow_private=args.allow_private_addresses)
     print(report.summary())
-    return 0 if report.ok else 1
+    return 0 if report.ok else 1      # non-zero only when something asked for failed, not for warnings
 
 # %% ../../notebooks/06_cli.ipynb #887e6faa
 def add_review_arguments(parser):
@@ -117,7 +125,7 @@ def add_clean_arguments(parser):
 
 @verb('clean', 'apply review decisions safely (quarantine, relabel, log) or undo them', add_clean_arguments)
 def run_clean(args) -> int:
-    from pictaxon.clean import apply_decisions, read_decisions, undo
+    from pictaxon.moves import apply_decisions, read_decisions, undo      # the safe path only: no model, no torch
     if args.undo: report = undo(args.dataset, args.steps, all=args.all)
     else: report = apply_decisions(args.dataset, read_decisions(args.apply, accept_suggestions=args.accept_suggestions),
                                    dry_run=args.dry_run)
@@ -127,8 +135,15 @@ def run_clean(args) -> int:
 # %% ../../notebooks/06_cli.ipynb #fcc7afdc
 def add_train_arguments(parser):
     parser.add_argument('dataset', help='dataset folder: one sub-folder of photos per class (DATASET/<class>/*.jpg)')
-    parser.add_argument('--out', required=True, metavar='MODEL.pkl',
-                        help='model file to write; the card goes to MODEL.json and the report to MODEL_report/')
+    parser.add_argument('--out', required=True, metavar='MODEL',
+                        help='where the model goes: its card MODEL.json beside MODEL.onnx (fine-tuned: also MODEL.pt '
+                             'and MODEL.pkl), and the report in MODEL_report/ (a .json, .onnx or .pkl ending is dropped)')
+    parser.add_argument('--quick', action='store_true',
+                        help="fit a classifier on the frozen network's features, cached per photo: a model in seconds "
+                             "(without --quick the whole network is fine-tuned: minutes)")
+    parser.add_argument('--valid-from', metavar='OLD.json',
+                        help="validate on OLD.json's validation photos (gone ones are reported and left out, new ones "
+                             "train): compare before and after cleaning on the same photos")
     parser.add_argument('--arch', default='efficientnet_lite0',
                         choices=['efficientnet_lite0', 'resnet18', 'resnet34', 'resnet50'],
                         help='network to fine-tune (default: efficientnet_lite0, whose ImageNet weights install '
@@ -140,80 +155,158 @@ def add_train_arguments(parser):
     parser.add_argument('--size', type=int, default=224, metavar='PX', help='training image size (default: 224)')
     parser.add_argument('--valid-pct', type=float, default=0.2, metavar='F',
                         help='share of photos held out for validation (default: 0.2)')
-    parser.add_argument('--batch-size', type=int, default=32, metavar='N', help='batch size (default: 32)')
+    parser.add_argument('--batch-size', type=int, default=32, metavar='N', help='photos per optimiser step (default: 32)')
+    parser.add_argument('--micro-batch', type=int, default=8, metavar='N',
+                        help='photos per forward/backward pass; less memory, same steps (default: 8, fits 2 GB)')
     parser.add_argument('--no-pretrained', action='store_true',
                         help='start from random weights (for tests and experiments; much less accurate)')
 
-@verb('train', 'fine-tune a pretrained network on a dataset folder; write the model, its card and a report',
+@verb('train', 'train a classifier on a dataset folder (--quick: in seconds); write the model, its card and a report',
       add_train_arguments)
 def run_train(args) -> int:
-    from pathlib import Path
+    from pictaxon.features import model_stem, read_valid_files
+    stem = model_stem(args.out)
+    valid_files, valid_sha256 = read_valid_files(args.valid_from) if args.valid_from else (None, None)
+    if args.quick:
+        from pictaxon.features import train_quick
+        result = train_quick(args.dataset, stem, valid_pct=args.valid_pct, seed=args.seed, valid_files=valid_files,
+                             valid_sha256=valid_sha256)
+        print(result.evaluation.table())
+        print(f'Wrote {result.path}, {stem.name}.onnx and {result.report}/')
+        return 0
     from pictaxon.train import train, write_report
     from pictaxon.export import export_model
-    out = Path(args.out)
-    if out.suffix != '.pkl': raise PictaxonError(f'--out must name a .pkl file, e.g. {out.with_suffix(".pkl")}.')
     learn = train(args.dataset, arch=args.arch, epochs=args.epochs, lr=args.lr, seed=args.seed, size=args.size,
-                  valid_pct=args.valid_pct, batch_size=args.batch_size, pretrained=not args.no_pretrained)
+                  valid_pct=args.valid_pct, batch_size=args.batch_size, micro_batch=args.micro_batch,
+                  pretrained=not args.no_pretrained, valid_files=valid_files, valid_sha256=valid_sha256)
     print(learn.evaluation.table())
-    export_model(learn, out)
-    report = write_report(learn, out.with_name(out.stem + '_report'))
-    print(f'Wrote {out}, {out.with_suffix(".json")} and {report}/')
+    model = export_model(learn, stem.with_name(stem.name + '.pkl'))
+    report = write_report(learn, stem.with_name(stem.name + '_report'))
+    print(f'Wrote {model.with_suffix(".json")} (with {model.name}) and {report}/')
     return 0
 
 # %% ../../notebooks/06_cli.ipynb #7e06cc2d
 def add_predict_arguments(parser):
-    parser.add_argument('model', metavar='MODEL.pkl', help='model file from `pictaxon train`')
-    parser.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR', help='photos, or folders of photos')
+    parser.add_argument('model', metavar='MODEL.json', help='model from `pictaxon train` (its card, or its .onnx/.pt/.pkl)')
+    parser.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR', help='photos, PDFs, or folders of them')
     parser.add_argument('--top-k', type=int, default=3, metavar='K', help='how many classes to show per photo (default: 3)')
     parser.add_argument('--json', action='store_true', help='print one JSON object per photo instead of a table')
     parser.add_argument('--batch-size', type=int, default=32, metavar='N', help='photos per batch (default: 32)')
 
 def expand_images(paths) -> list:
-    "The files named in `paths`, with folders replaced by the image files under them (hidden ones skipped)."
+    "The files named in `paths`, with folders replaced by the image and PDF files under them (hidden ones skipped)."
     from pathlib import Path
     from pictaxon.core import IMAGE_EXTENSIONS
-    files = []
+    wanted, files = IMAGE_EXTENSIONS | {'.pdf', '.heic', '.heif', '.avif'}, []
     for path in map(Path, paths):
         if not path.is_dir(): files.append(path); continue
-        found = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        found = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in wanted
                        and not any(part.startswith('.') for part in p.relative_to(path).parts))
-        if not found: raise PictaxonError(f'The folder {path} holds no image files ({", ".join(sorted(IMAGE_EXTENSIONS))}).')
+        if not found: raise PictaxonError(f'The folder {path} holds no image or PDF files ({", ".join(sorted(wanted))}).')
         files += found
     return files
 
-def format_prediction(p, top_k: int) -> str:
-    "One table row: source, label, probability, then the next classes."
-    if not p.ok: return f'{p.source}  ERROR: {p.error}'
-    others = '  '.join(f'{c} {q:.3f}' for c, q in p.probabilities[1:top_k])
-    return f'{p.source}  {p.label}  {p.probability:.3f}' + (f'  ({others})' if others else '')
+def prediction_source(p) -> str:
+    "How a row names its photo: the file, and `#page=N` for a page of a PDF."
+    return f'{p.source}#page={p.page}' if p.page else str(p.source)
 
-@verb('predict', 'classify photos or folders of photos with a trained model', add_predict_arguments)
+def format_prediction(p, top_k: int, names: dict | None = None) -> str:
+    "One table row: source, display name, probability, then the next classes; or what looks like none of them."
+    names = names or {}
+    if not p.ok: return f'{prediction_source(p)}  ERROR: {p.error}'
+    name = p.name or names.get(p.label, p.label)
+    if p.unknown:
+        return (f'{prediction_source(p)}  Not one of: {", ".join(names.values()) if names else p.label} '
+                f'(closest: {name} {p.probability:.0%})')
+    others = '  '.join(f'{names.get(c, c)} {q:.3f}' for c, q in p.probabilities[1:top_k])
+    return f'{prediction_source(p)}  {name}  {p.probability:.3f}' + (f'  ({others})' if others else '')
+
+def prediction_record(p) -> dict:
+    "One `--json` line: label (class id), name, probability, every class's probability, unknown, error, page."
+    record = {'source': p.source, 'label': p.label, 'name': p.name, 'probability': round(p.probability, 6),
+              'probabilities': [[c, round(q, 6)] for c, q in p.probabilities], 'unknown': bool(p.unknown),
+              'error': p.error}
+    if p.page: record.update(page=p.page, pages=p.pages)
+    return record
+
+@verb('predict', 'classify photos, PDF pages or folders of them with a trained model', add_predict_arguments)
 def run_predict(args) -> int:
     import json
-    from pictaxon.export import load_predictor, predict
+    from pictaxon.serving import load_predictor, predict
     model = load_predictor(args.model)
+    names = dict(zip(model.classes, model.class_names))
     results = predict(model, [str(f) for f in expand_images(args.images)], top_k=args.top_k,
                       batch_size=args.batch_size)
     for p in results:
-        if args.json:
-            print(json.dumps({'source': p.source, 'label': p.label, 'probability': round(p.probability, 6),
-                              'probabilities': [[c, round(q, 6)] for c, q in p.probabilities], 'error': p.error}))
-        else: print(format_prediction(p, args.top_k))
-    failed = sum(not p.ok for p in results)
-    if not args.json: print(f'{len(results) - failed} classified, {failed} unreadable', file=sys.stderr)
+        print(json.dumps(prediction_record(p), ensure_ascii=False) if args.json else format_prediction(p, args.top_k, names))
+    failed, unknown = sum(not p.ok for p in results), sum(p.ok and p.unknown for p in results)
+    if not args.json:
+        print(f'{len(results) - failed} classified, {failed} unreadable'
+              + (f', {unknown} not one of the classes' if unknown else ''), file=sys.stderr)
     return 0 if failed < len(results) else 1
+
+# %% ../../notebooks/06_cli.ipynb #3b5f0c2e
+def add_bulk_predict_arguments(parser):
+    "`predict`'s options, plus --ray: bulk prediction with Ray Data, written to a results folder (pictaxon.scale)."
+    add_predict_arguments(parser)
+    bulk = parser.add_argument_group('bulk prediction on Ray (IMAGE_OR_DIR may also be a list file of paths/URLs)')
+    bulk.add_argument('--ray', nargs='?', const='', default=None, metavar='ADDRESS',
+                      help='classify with Ray Data: on a small local Ray, or on the cluster at ADDRESS (auto, '
+                           'HEAD:6379, ray://HEAD:10001); results go to --results, and a re-run skips what is written')
+    bulk.add_argument('--results', default='predictions', metavar='DIR',
+                      help='with --ray: folder of result parts (path, label, probabilities, error) (default: predictions)')
+    bulk.add_argument('--format', choices=['parquet', 'csv'], default='parquet', help='with --ray: parts format (default: parquet)')
+    bulk.add_argument('--part-rows', type=int, default=1000, metavar='N',
+                      help='with --ray: rows per part; a killed run loses at most the part being filled (default: 1000)')
+    bulk.add_argument('--num-cpus', type=int, default=2, metavar='N', help='with --ray and no ADDRESS: CPUs of the local Ray (default: 2)')
+    bulk.add_argument('--allow-private-addresses', action='store_true',
+                      help='with --ray: let URLs in a list file reach this machine or the local network (default: public only)')
+
+def run_bulk_predict(args) -> int:
+    "`pictaxon predict`, or with --ray `pictaxon.scale.predict_bulk`."
+    if args.ray is None: return run_predict(args)
+    from pictaxon.scale import predict_bulk
+    report = predict_bulk(args.model, args.images, args.results, address=args.ray or None, fmt=args.format,
+                          batch_size=args.batch_size, part_rows=args.part_rows, num_cpus=args.num_cpus,
+                          allow_private=args.allow_private_addresses)
+    print(report.summary())
+    return 1 if report.classified and report.errors == report.classified else 0
+
+VERBS['predict'] = (VERBS['predict'][0], add_bulk_predict_arguments, run_bulk_predict)
 
 # %% ../../notebooks/06_cli.ipynb #b7a8034f
 def add_app_arguments(parser):
-    parser.add_argument('--model', metavar='M', help='model file to serve (default: $PICTAXON_MODEL, else models/bears.pkl)')
+    parser.add_argument('--model', metavar='M', help='model file to serve (default: $PICTAXON_MODEL, else models/bears.json)')
     parser.add_argument('--port', type=int, default=8866, metavar='P', help='port to serve on (default: 8866)')
     parser.add_argument('--feedback', metavar='DIR',
                         help='folder for "wrong label" photos (default: $PICTAXON_FEEDBACK, else feedback/)')
+    parser.add_argument('--idle-timeout', type=int, default=300, metavar='S',
+                        help="stop a page's kernel after S seconds unused, to free its memory; the page says so "
+                             '(default: 300; 0: never)')
 
 @verb('app', 'serve the upload-and-classify page with Voila (http://localhost:8866)', add_app_arguments)
 def run_app(args) -> int:
     from pictaxon.app import serve
-    serve(args.model, port=args.port, feedback=args.feedback)
+    serve(args.model, port=args.port, feedback=args.feedback, idle_seconds=args.idle_timeout)
+    return 0
+
+# %% ../../notebooks/06_cli.ipynb #5e12a0a1
+def add_serve_arguments(parser):
+    parser.add_argument('model', metavar='MODEL', help='model to serve (MODEL.json, .onnx, .pt or .pkl, or the stem)')
+    parser.add_argument('--port', type=int, default=8000, metavar='P', help='port to listen on (default: 8000)')
+    parser.add_argument('--host', default='127.0.0.1', metavar='H',
+                        help='address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every network)')
+    parser.add_argument('--workers', type=int, default=1, metavar='N', help='inference threads (default: 1)')
+    parser.add_argument('--max-pending', type=int, default=64, metavar='N',
+                        help='requests admitted at once; more get HTTP 503 and Retry-After (default: 64)')
+    parser.add_argument('--max-request-mb', type=float, default=100, metavar='MB',
+                        help='largest request body, all photos together (default: 100)')
+
+@verb('serve', 'answer photos over HTTP with JSON (POST /predict, GET /health)', add_serve_arguments)
+def run_serve(args) -> int:
+    from pictaxon.api import serve
+    serve(args.model, host=args.host, port=args.port, workers=args.workers, max_pending=args.max_pending,
+          max_request_bytes=int(args.max_request_mb * 1024**2))
     return 0
 
 # %% ../../notebooks/06_cli.ipynb #e926183e

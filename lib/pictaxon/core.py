@@ -5,13 +5,15 @@ behind, and the dataset folder with its manifest."""
 
 # %% ../../notebooks/00_core.ipynb #879c9774
 from __future__ import annotations
-import csv, hashlib, io, json, os, re, tempfile, time, unicodedata
+import csv, hashlib, io, json, os, re, tempfile, threading, time, unicodedata
+from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'MANIFEST_NAME', 'QUARANTINE_DIR', 'MANIFEST_COLUMNS', 'PictaxonError', 'sha256_bytes',
-           'sha256_file', 'atomic_write', 'slugify', 'class_folders', 'image_files', 'read_manifest', 'append_manifest',
-           'write_manifest']
+__all__ = ['MAX_NAME', 'RESERVED_NAMES', 'IMAGE_EXTENSIONS', 'MANIFEST_NAME', 'QUARANTINE_DIR', 'MANIFEST_COLUMNS',
+           'PictaxonError', 'sha256_bytes', 'sha256_file', 'atomic_write', 'slugify', 'check_folder_name', 'inside',
+           'csv_safe', 'csv_restore', 'quarantine_path', 'class_folders', 'image_files', 'DatasetBusy', 'dataset_lock',
+           'read_manifest', 'append_manifest', 'write_manifest']
 
 # %% ../../notebooks/00_core.ipynb #304be8fa
 class PictaxonError(Exception):
@@ -58,19 +60,64 @@ def atomic_write(path, data, sync: bool = True) -> Path:
     return path
 
 # %% ../../notebooks/00_core.ipynb #51ba60e4
+MAX_NAME = 100   # characters of a folder name: far under every filesystem's 255 bytes, even in 4-byte UTF-8
+
 def slugify(name: str) -> str:
-    "A folder-safe name for a class: lower case, ASCII, words joined by underscores."
-    text = unicodedata.normalize('NFKD', name).encode('ascii', 'ignore').decode()
-    slug = re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')
+    "A folder-safe name for a class: letters and digits of any script, case-folded, words joined by underscores."
+    text = unicodedata.normalize('NFC', str(name)).casefold()
+    slug = re.sub(r'[\W_]+', '_', text).strip('_')
     if not slug: raise PictaxonError(f"The class name {name!r} has no letters or digits to name a folder with; "
-                                     "choose another name.")
+                                     "choose another name or give its folder (--folder \"NAME=FOLDER\").")
+    if len(slug) > MAX_NAME: raise PictaxonError(f"The class name {name[:40]!r}... is {len(slug)} characters long; "
+                                                 f"use at most {MAX_NAME}.")
     return slug
+
+# %% ../../notebooks/00_core.ipynb #dced67a6
+RESERVED_NAMES = {'manifest.csv', 'cleaning_log.jsonl', 'review.csv', 'feedback.csv'}
+
+def check_folder_name(name: str, what: str = 'folder') -> str:
+    "`name` if it can name a class folder (one plain name of at most `MAX_NAME` characters), else `PictaxonError`."
+    name = unicodedata.normalize('NFC', str(name)).strip()
+    problem = ('is empty' if not name else 'is not one folder name (it holds a / or \\)' if re.search(r'[/\\\x00]', name)
+               else 'is hidden (starts with a dot)' if name.startswith('.') else
+               f'is over {MAX_NAME} characters' if len(name) > MAX_NAME else
+               "is the name of one of pictaxon's files" if name.casefold() in RESERVED_NAMES else '')
+    if problem: raise PictaxonError(f'The {what} name {name[:60]!r} {problem}; use a plain name such as "grizzly".')
+    return name
+
+def inside(dataset, relative) -> Path:
+    "`dataset/relative`, refusing a path that would resolve outside `dataset` (through `..` or a link)."
+    dataset = Path(dataset)
+    path = dataset/relative
+    if not path.resolve().is_relative_to(dataset.resolve()):
+        raise PictaxonError(f'{relative} leads outside the dataset folder {dataset}; refusing to write there.')
+    return path
+
+# %% ../../notebooks/00_core.ipynb #f882de0b
+_FORMULA_START = ('=', '+', '-', '@', '\t', '\r')
+
+def csv_safe(value) -> str:
+    "`value` as text a spreadsheet shows as text: a leading apostrophe before a formula character."
+    text = '' if value is None else str(value)
+    if text.startswith(_FORMULA_START) or (text.startswith("'") and text.lstrip("'").startswith(_FORMULA_START)):
+        return "'" + text
+    return text
+
+def csv_restore(value: str) -> str:
+    "The value `csv_safe` was given, from what it wrote."
+    if value.startswith("'") and value.lstrip("'").startswith(_FORMULA_START): return value[1:]
+    return value
 
 # %% ../../notebooks/00_core.ipynb #4961a2f0
 IMAGE_EXTENSIONS = {'.jpg', '.jpeg', '.png', '.gif', '.webp', '.bmp', '.tif', '.tiff'}
 MANIFEST_NAME = 'manifest.csv'
 QUARANTINE_DIR = '.quarantine'
 MANIFEST_COLUMNS = ['class', 'query', 'source', 'status', 'file', 'sha256', 'phash', 'width', 'height']
+
+def quarantine_path(file: str) -> str:
+    "Where the photo at `file` (`CLASS/NAME`, relative to the dataset) goes when taken out of its class."
+    folder, name = file.split('/')[-2:]
+    return f'{QUARANTINE_DIR}/{folder}/{name}'
 
 def class_folders(dataset) -> list[Path]:
     "The class folders of `dataset`, sorted: visible sub-folders that hold at least one image."
@@ -85,29 +132,80 @@ def image_files(folder) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir()
                   if p.is_file() and not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTENSIONS)
 
+# %% ../../notebooks/00_core.ipynb #37af19fa
+class DatasetBusy(PictaxonError):
+    "Another process is changing the dataset (a gather or a clean)."
+
+_HELD: dict = {}          # (folder, thread id) -> [depth, fd]: re-entrant per thread
+
+@contextmanager
+def dataset_lock(dataset, wait: float = 30.0):
+    "Hold `dataset`'s lock (an flock on the folder itself: no lock file) while changing its files or manifest."
+    dataset = Path(dataset)
+    if not dataset.is_dir(): raise PictaxonError(f'No dataset folder at {dataset}; check the path.')
+    try: import fcntl
+    except ImportError: fcntl = None          # no flock on this platform: one change at a time is up to you
+    key = (str(dataset.resolve()), threading.get_ident())
+    if fcntl is None or key in _HELD:
+        if key in _HELD: _HELD[key][0] += 1
+        try: yield
+        finally:
+            if key in _HELD: _HELD[key][0] -= 1
+        return
+    fd, deadline = os.open(dataset, os.O_RDONLY), time.monotonic() + wait
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DatasetBusy(f'Another pictaxon process (a gather or a clean) is changing {dataset}; '
+                                      'wait for it to finish and try again.') from None
+                time.sleep(0.05)
+        _HELD[key] = [1, fd]
+        try: yield
+        finally: del _HELD[key]
+    finally: os.close(fd)          # closing the folder releases the lock
+
 # %% ../../notebooks/00_core.ipynb #09a9e38a
+def _line_ending(path: Path) -> str:
+    "The line ending `path` already uses (`\\r\\n` for a new or empty file)."
+    try:
+        with open(path, 'rb') as f: head = f.read(1 << 16)
+    except FileNotFoundError: return '\r\n'
+    end = head.find(b'\n')
+    return '\n' if end > 0 and head[end - 1:end] != b'\r' else '\r\n'
+
+def _manifest_lines(rows, line_ending: str, header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, extrasaction='ignore', lineterminator=line_ending)
+    if header: writer.writeheader()
+    for row in rows: writer.writerow({k: csv_safe(row.get(k, '')) for k in MANIFEST_COLUMNS})
+    return buffer.getvalue()
+
 def read_manifest(dataset) -> list[dict]:
     "The rows of `dataset`'s manifest (empty when there is none yet)."
     path = Path(dataset)/MANIFEST_NAME
     if not path.exists(): return []
-    with open(path, newline='', encoding='utf-8') as f:
-        return [row for row in csv.DictReader(f) if row.get('status')]
+    with open(path, newline='', encoding='utf-8-sig') as f:
+        return [{k: csv_restore(v or '') for k, v in row.items() if k} for row in csv.DictReader(f) if row.get('status')]
 
 def append_manifest(dataset, rows) -> None:
     "Append `rows` (dicts with `MANIFEST_COLUMNS`) to `dataset`'s manifest, writing the header if new."
     path = Path(dataset)/MANIFEST_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, 'a', newline='', encoding='utf-8') as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction='ignore')
-        if new: writer.writeheader()
-        for row in rows: writer.writerow({k: row.get(k, '') for k in MANIFEST_COLUMNS})
+    new, ending = not path.exists() or path.stat().st_size == 0, _line_ending(path)
+    with open(path, 'ab') as f:
+        if not new:                      # a killed process may have left half a line: start a fresh one
+            f.seek(-1, os.SEEK_END)
+            with open(path, 'rb') as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b'\n': f.write(ending.encode())
+        f.write(_manifest_lines(rows, ending, new).encode('utf-8'))
         f.flush()
 
 def write_manifest(dataset, rows) -> None:
-    "Replace `dataset`'s manifest with `rows`, atomically."
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, extrasaction='ignore', lineterminator='\n')
-    writer.writeheader()
-    for row in rows: writer.writerow({k: row.get(k, '') for k in MANIFEST_COLUMNS})
-    atomic_write(Path(dataset)/MANIFEST_NAME, buffer.getvalue())
+    "Replace `dataset`'s manifest with `rows`, atomically, in the line ending it already uses."
+    path = Path(dataset)/MANIFEST_NAME
+    atomic_write(path, _manifest_lines(rows, _line_ending(path), True))

@@ -5,29 +5,53 @@ and record where each one came from in a manifest."""
 
 # %% ../../notebooks/01_gather.ipynb #439d6698
 from __future__ import annotations
-import csv, os, random, threading, time, urllib.request
+import csv, ipaddress, os, random, re, signal, socket, threading, time, unicodedata, urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import imagehash, requests
 import scipy.fftpack  # imagehash.phash imports it on first use: pay that second once, at import time
 from fastprogress.fastprogress import IN_NOTEBOOK, progress_bar
-from .core import (PictaxonError, QUARANTINE_DIR, append_manifest, atomic_write, image_files,
-                           read_manifest, sha256_bytes, slugify, write_manifest)
-from .images import BadImage, DEFAULT_MAX_PIXELS, open_image, shrink, jpeg_bytes
+from .core import (MANIFEST_NAME, PictaxonError, QUARANTINE_DIR, append_manifest, atomic_write, check_folder_name,
+                           dataset_lock, image_files, inside, quarantine_path, read_manifest, sha256_bytes,
+                           slugify, write_manifest)
+from .images import BadImage, DEFAULT_MAX_PIXELS, is_pdf, open_image, pdf_pages, shrink, jpeg_bytes
+from .moves import decided_files
 
 # %% auto #0
-__all__ = ['DEFAULT_QUERIES', 'USER_AGENT', 'SearchFailed', 'search_images', 'DownloadFailed', 'download', 'Photo', 'normalise',
-           'hamming', 'DuplicateIndex', 'Candidate', 'GatherReport', 'candidates_from_urls', 'candidates_from_folder',
-           'gather']
+__all__ = ['DEFAULT_QUERIES', 'USER_AGENT', 'SearchFailed', 'NoNetwork', 'network_reachable', 'search_images', 'DownloadFailed',
+           'public_url', 'download', 'Photo', 'normalise', 'hamming', 'DuplicateIndex', 'Candidate', 'GatherReport',
+           'class_folders_for', 'candidates_from_urls', 'candidates_from_folder', 'gather']
 
 # %% ../../notebooks/01_gather.ipynb #35ee2496
 DEFAULT_QUERIES = ('{cls}', '{cls} photo')
 
 class SearchFailed(PictaxonError):
     "Image search kept failing (rate limits, timeouts) after all retries."
+
+class NoNetwork(SearchFailed):
+    "The image search cannot be reached at all: no network (or no DNS)."
+
+_OFFLINE_SIGNS = ('dns', 'resolv', 'name or service not known', 'nodename nor servname', 'network is unreachable',
+                  'no route to host', 'connecterror', 'connection refused', 'failed to establish')
+
+def network_reachable(host: str = 'duckduckgo.com', wait: float = 3.0) -> bool:
+    "Whether `host` resolves within `wait` seconds (a lookup that hangs counts as no network)."
+    answer = []
+    def lookup():
+        try: answer.append(bool(socket.getaddrinfo(host, 443)))
+        except OSError: answer.append(False)
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start(); thread.join(wait)
+    return bool(answer and answer[0])
+
+def _offline(error, network_check) -> bool:
+    "Whether `error` means there is no network (and the network check agrees)."
+    text = f'{type(error).__name__} {error}'.lower()
+    return any(sign in text for sign in _OFFLINE_SIGNS) and not (network_check or network_reachable)()
 
 def _search_outcome(error) -> str:
     "'empty', 'retry' or 'fail' for an exception raised by a ddgs search."
@@ -38,7 +62,7 @@ def _search_outcome(error) -> str:
     return 'fail'
 
 def search_images(query: str, max_results: int, *, client=None, retries: int = 4, backoff: float = 2.0,
-                  sleep=None) -> list[str]:
+                  sleep=None, network_check=None) -> list[str]:
     "Image URLs for `query` from DuckDuckGo (via `ddgs`), retrying rate limits and timeouts."
     if client is None:
         from ddgs import DDGS
@@ -50,6 +74,10 @@ def search_images(query: str, max_results: int, *, client=None, retries: int = 4
         except Exception as error:
             outcome = _search_outcome(error)
             if outcome == 'empty': return []
+            if _offline(error, network_check):
+                raise NoNetwork(f'No network: the image search could not be reached ({str(error)[:120]}); connect to the '
+                                'internet and run the same command again, or gather your own photos with --from-folder '
+                                'DIR or a list with --urls FILE.csv.') from None
             if outcome == 'fail' or attempt == retries:
                 raise SearchFailed(f'Image search for {query!r} failed after {attempt + 1} attempts '
                                    f'({type(error).__name__}: {error}). Search engines rate-limit free use: '
@@ -69,7 +97,7 @@ class DownloadFailed(PictaxonError):
 
 _sessions = threading.local()
 
-def _session(max_redirects: int) -> requests.Session:
+def _session() -> requests.Session:
     "One HTTP session per thread (sessions are not safe to share between threads)."
     if not hasattr(_sessions, 'session'):
         session = _sessions.session = requests.Session()
@@ -78,37 +106,77 @@ def _session(max_redirects: int) -> requests.Session:
         # costs milliseconds of CPU per photo).
         session.trust_env = False
         session.proxies = {k: v for k, v in urllib.request.getproxies().items() if k in ('http', 'https')}
-    _sessions.session.max_redirects = max_redirects
     return _sessions.session
 
-def download(url: str, *, timeout: float = 15.0, max_bytes: int = 20 * 1024**2, max_redirects: int = 5) -> bytes:
-    "The body of `url`, or `DownloadFailed` saying why not."
-    if urlparse(url).scheme not in ('http', 'https'):
-        raise DownloadFailed('bad_url', f'{url!r} is not an http(s) URL.')
-    deadline = time.monotonic() + 4 * timeout
+def public_url(url: str) -> str:
+    "`url` without a `user:password@` part (what the manifest may show)."
+    return re.sub(r'^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', r'\1', url.strip())
+
+# %% ../../notebooks/01_gather.ipynb #56e52c93
+def _addresses(host: str, port: int) -> set[str]:
+    "The IP addresses `host` resolves to."
+    return {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
+
+def _check_url(url: str, allow_private: bool) -> None:
+    "Refuse `url` unless it is http(s) and (unless `allow_private`) every address of its host is public."
     try:
-        with _session(max_redirects).get(url, timeout=(timeout, timeout), stream=True) as response:
-            if response.status_code != 200:
-                raise DownloadFailed(f'http_{response.status_code}', f'The server answered HTTP {response.status_code}.')
-            declared = response.headers.get('Content-Length', '')
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise DownloadFailed('too_large', f'The file is {int(declared)/1024**2:.1f} MB, over the {max_bytes/1024**2:.0f} MB cap.')
-            body = bytearray()
-            for chunk in response.iter_content(64 * 1024):
-                body += chunk
-                if len(body) > max_bytes:
-                    raise DownloadFailed('too_large', f'The file is over the {max_bytes/1024**2:.0f} MB cap.')
-                if time.monotonic() > deadline:
-                    raise DownloadFailed('timeout', f'The download took longer than {4 * timeout:.0f} s.')
-            return bytes(body)
-    except requests.TooManyRedirects:
-        raise DownloadFailed('too_many_redirects', f'More than {max_redirects} redirects (a redirect loop?).') from None
-    except requests.Timeout:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80)
+    except ValueError as e: raise DownloadFailed('bad_url', f'{public_url(url)!r} is not a valid URL ({e}).') from None
+    if parts.scheme not in ('http', 'https') or not host:
+        raise DownloadFailed('bad_url', f'{public_url(url)!r} is not an http(s) URL; your own photos come in through '
+                                        '--from-folder DIR.')
+    if allow_private: return
+    try: addresses = _addresses(host, port)
+    except (OSError, UnicodeError): raise DownloadFailed('connection_error', f'Could not find the address of {host}.') from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split('%')[0])
+        if ip.version == 6 and ip.ipv4_mapped: ip = ip.ipv4_mapped
+        if not ip.is_global or ip.is_multicast:
+            raise DownloadFailed('private_address', f'{host} is at {ip}, an address on this machine or a local network; '
+                                 'pictaxon fetches only from the public internet unless allowed (--allow-private-addresses).')
+
+def _read_body(response, max_bytes: int, deadline: float, limit_s: float) -> bytes:
+    "The body of a streamed `response`, read as it arrives, within `max_bytes` and the wall-clock `deadline`."
+    declared = response.headers.get('Content-Length', '')
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise DownloadFailed('too_large', f'The file is {int(declared)/1024**2:.1f} MB, over the {max_bytes/1024**2:.0f} MB cap.')
+    body = bytearray()
+    while True:
+        if time.monotonic() > deadline:
+            raise DownloadFailed('timeout', f'The download took longer than {limit_s:.0f} s.')
+        chunk = response.raw.read1(64 * 1024, decode_content=True)   # whatever has arrived, not a full 64 KB
+        if not chunk: return bytes(body)
+        body += chunk
+        if len(body) > max_bytes: raise DownloadFailed('too_large', f'The file is over the {max_bytes/1024**2:.0f} MB cap.')
+
+def download(url: str, *, timeout: float = 15.0, max_bytes: int = 20 * 1024**2, max_redirects: int = 5,
+             allow_private: bool = False) -> bytes:
+    "The body of `url`, or `DownloadFailed` saying why not."
+    limit_s = 4 * timeout
+    deadline = time.monotonic() + limit_s
+    try:
+        for _ in range(max_redirects + 1):
+            _check_url(url, allow_private)         # every hop: the first URL and each redirect
+            with _session().get(url, timeout=(timeout, timeout), stream=True, allow_redirects=False) as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers['Location'])
+                    continue
+                if response.status_code != 200:
+                    raise DownloadFailed(f'http_{response.status_code}', f'The server answered HTTP {response.status_code}.')
+                return _read_body(response, max_bytes, deadline, limit_s)
+        raise DownloadFailed('too_many_redirects', f'More than {max_redirects} redirects (a redirect loop?).')
+    except (requests.Timeout, TimeoutError, socket.timeout):
         raise DownloadFailed('timeout', f'The server did not answer within {timeout:.0f} s.') from None
     except requests.ConnectionError as e:
+        if 'timed out' in str(e).lower(): raise DownloadFailed('timeout', f'The server did not answer within {timeout:.0f} s.') from None
         raise DownloadFailed('connection_error', f'Could not connect ({type(e).__name__}).') from None
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema, ValueError) as e:
+        raise DownloadFailed('bad_url', f'{public_url(url)!r} is not a valid URL ({type(e).__name__}).') from None
     except requests.RequestException as e:
         raise DownloadFailed('request_error', f'The request failed ({type(e).__name__}: {e}).') from None
+    except OSError as e:       # urllib3 raises its own errors from read1; none of them may escape as a traceback
+        raise DownloadFailed('connection_error', f'The connection broke ({type(e).__name__}).') from None
 
 # %% ../../notebooks/01_gather.ipynb #6cf49218
 @dataclass
@@ -141,7 +209,7 @@ class DuplicateIndex:
         self.near_threshold = near_threshold
         self.kept = {}                      # file -> (folder, sha256, phash as an int)
         for row in rows:
-            if row['status'] == 'kept' and row['file']: self.add(row['file'], row['sha256'], row['phash'])
+            if row['status'] == 'kept' and row['file'] and row.get('phash'): self.add(row['file'], row['sha256'], row['phash'])
 
     def add(self, file: str, sha256: str, phash: str): self.kept[file] = (file.split('/')[0], sha256, int(phash, 16))
     def remove(self, file: str): self.kept.pop(file, None)
@@ -158,135 +226,227 @@ class DuplicateIndex:
 # %% ../../notebooks/01_gather.ipynb #fe90da26
 @dataclass
 class Candidate:
-    "One photo to try: its class, the folder it goes to, the query that found it, and its URL or path."
+    "One photo to try: its class, the folder it goes to, the query that found it, and its URL or (`local`) path."
     class_name: str
     folder: str
     query: str
     source: str
+    local: bool = False
+
+    @property
+    def shown_source(self) -> str:
+        "The source as the manifest records it (and resumes by): a URL without credentials, or the path."
+        return self.source if self.local else public_url(self.source)
 
 @dataclass
 class GatherReport:
-    "What `gather` did, per class, plus warnings for the user."
+    "What `gather` did, per class; `failures` (what was asked and not done) and `warnings` for the user."
     dest: Path
     counts: dict = field(default_factory=dict)   # folder -> {'kept': n, 'duplicate': n, ...}
     warnings: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
+    had_manifest: bool = False
 
     STATUSES = ('kept', 'duplicate', 'rejected', 'failed', 'quarantined')
     def count(self, folder: str, status: str):
         self.counts.setdefault(folder, dict.fromkeys(self.STATUSES, 0))[status] += 1
     @property
-    def ok(self) -> bool: return not self.warnings
+    def ok(self) -> bool:
+        "True when everything asked for was done (warnings, such as single URLs that failed, do not count)."
+        return not self.failures
 
     def summary(self) -> str:
-        "A table of what this run did per class (and how many photos each class holds now), then warnings."
+        "A table of what this run did per class (and how many photos each class holds now), then problems."
         lines = [f"{'class':<24}" + ''.join(f'{s:>12}' for s in self.STATUSES) + f"{'in folder':>12}"]
         for folder, counts in sorted(self.counts.items()):
             total = len(image_files(self.dest/folder)) if (self.dest/folder).is_dir() else 0
             lines.append(f'{folder:<24}' + ''.join(f'{counts[s]:>12}' for s in self.STATUSES) + f'{total:>12}')
-        if not self.counts: lines.append('(nothing new: every candidate is already in the manifest)')
-        lines.append(f'manifest: {self.dest / "manifest.csv"}')
-        return '\n'.join(lines + [f'warning: {w}' for w in self.warnings])
+        if not self.counts:
+            lines.append('(nothing gathered: see the errors below)' if self.failures else
+                         '(nothing new: every candidate is already in the manifest)' if self.had_manifest else
+                         '(nothing gathered)')
+        lines.append(f'manifest: {self.dest / MANIFEST_NAME}')
+        return '\n'.join(lines + [f'warning: {w}' for w in self.warnings] + [f'error: {f}' for f in self.failures])
 
 # %% ../../notebooks/01_gather.ipynb #2078b059
-def _folder_for(class_name: str, folder_names: dict) -> str:
-    return folder_names.get(class_name) or slugify(class_name)
+def class_folders_for(class_names, folder_names: dict = {}) -> tuple[dict, dict]:
+    "`({name: folder}, {name: why it has none})` for `class_names`; two names sharing a folder are an error."
+    folder_names = {unicodedata.normalize('NFC', k).strip(): v for k, v in folder_names.items()}
+    folders, unusable, given = {}, {}, set()
+    for name in dict.fromkeys(class_names):
+        key = unicodedata.normalize('NFC', name).strip()
+        if key in folder_names:              # a folder the user named must be usable: no guessing
+            folders[name] = check_folder_name(folder_names[key], f'--folder for {name!r}')
+            given.add(name)
+            continue
+        try: folders[name] = slugify(name)
+        except PictaxonError as e: unusable[name] = str(e)
+    by_folder = {}
+    for name, folder in folders.items(): by_folder.setdefault(folder.casefold(), []).append(name)
+    for folder, names in by_folder.items():
+        if len(names) > 1 and not all(n in given for n in names):   # two --folder to one name: merged on purpose
+            raise PictaxonError(f'The classes {names[0]!r} and {names[1]!r} would share the folder {folders[names[0]]!r}; '
+                                'rename one, or give each its own folder (--folder "NAME=FOLDER").')
+    return folders, unusable
+
+def _listed(rows, folder_names, local: bool) -> tuple[list[Candidate], dict]:
+    "Candidates from `(class, source)` pairs, and the class names that have no folder."
+    folders, unusable = class_folders_for([c for c, _ in rows], folder_names)
+    return [Candidate(c, folders.get(c, ''), '', s, local) for c, s in rows], unusable
 
 def candidates_from_urls(urls_file, folder_names: dict = {}) -> list[Candidate]:
-    "Candidates from a CSV with columns `class,url`."
-    with open(urls_file, newline='', encoding='utf-8') as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {'class', 'url'} <= {c.strip().lower() for c in reader.fieldnames}:
-            raise PictaxonError(f'{urls_file} needs a header row with columns class,url (found {reader.fieldnames}).')
-        rows = [{k.strip().lower(): (v or '').strip() for k, v in row.items() if k} for row in reader]
-    return [Candidate(r['class'], _folder_for(r['class'], folder_names), '', r['url'])
-            for r in rows if r['class'] and r['url']]
+    "Candidates from a CSV with columns `class,url` (URLs only: a row without http(s):// fails as `bad_url`)."
+    try:
+        with open(urls_file, newline='', encoding='utf-8-sig') as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {'class', 'url'} <= {c.strip().lower() for c in reader.fieldnames}:
+                raise PictaxonError(f'{urls_file} needs a header row with columns class,url (found {reader.fieldnames}).')
+            rows = [{k.strip().lower(): (v or '').strip() for k, v in row.items() if k} for row in reader]
+    except UnicodeDecodeError: raise PictaxonError(f'{urls_file} is not UTF-8 text; save it as "CSV UTF-8" and try again.') from None
+    except FileNotFoundError: raise PictaxonError(f'No URL list at {urls_file}; check the path.') from None
+    return _listed([(r['class'], r['url']) for r in rows if r.get('class') and r.get('url')], folder_names, False)[0]
 
 def candidates_from_folder(folder, folder_names: dict = {}) -> list[Candidate]:
-    "Candidates from your own photos arranged as `folder/<class>/*` (sub-folders included)."
+    "Candidates from your own photos (and PDFs) arranged as `folder/<class>/*` (sub-folders included)."
     folder = Path(folder)
     if not folder.is_dir(): raise PictaxonError(f'No folder at {folder} to import photos from.')
     found = []
     for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith('.')):
         for path in sorted(class_dir.rglob('*')):
             if path.is_file() and not any(part.startswith('.') for part in path.relative_to(folder).parts):
-                found.append(Candidate(class_dir.name, _folder_for(class_dir.name, folder_names), '', str(path.resolve())))
+                found.append((class_dir.name, str(path.resolve())))
     if not found: raise PictaxonError(f'{folder} has no photos in class sub-folders; expected {folder}/<class>/<photo>.')
-    return found
+    return _listed(found, folder_names, True)[0]
 
 # %% ../../notebooks/01_gather.ipynb #141ce586
-def _fetch_and_normalise(candidate: Candidate, settings: dict):
-    row = {'class': candidate.class_name, 'query': candidate.query, 'source': candidate.source}
-    try:
-        is_url = '://' in candidate.source
-        data = download(candidate.source, timeout=settings['timeout'], max_bytes=settings['max_bytes']) if is_url else candidate.source
-        photo = normalise(data, max_size=settings['max_size'], min_side=settings['min_side'], max_bytes=settings['max_bytes'])
-    except DownloadFailed as e: return {**row, 'status': f'failed:{e.reason}'}, None
+def _checked(row: dict, source, settings: dict) -> tuple[dict, Photo | None]:
+    "`source` (bytes, a path or a PIL image) normalised, with its manifest row."
+    try: photo = normalise(source, max_size=settings['max_size'], min_side=settings['min_side'], max_bytes=settings['max_bytes'])
     except BadImage as e: return {**row, 'status': f'rejected:{e.reason}'}, None
     return {**row, 'sha256': photo.sha256, 'phash': photo.phash, 'width': photo.width, 'height': photo.height}, photo
 
+def _fetch_and_normalise(candidate: Candidate, settings: dict) -> list[tuple[dict, Photo | None]]:
+    row = {'class': candidate.class_name, 'query': candidate.query, 'source': candidate.shown_source}
+    if not candidate.folder: return [({**row, 'status': 'failed:bad_class_name'}, None)]
+    if candidate.local and is_pdf(candidate.source):
+        try: pages = pdf_pages(candidate.source, max_pages=settings['max_pages'])
+        except BadImage as e: return [({**row, 'status': f'rejected:{e.reason}'}, None)]
+        return [_checked({**row, 'source': f"{row['source']}#page={n}"}, page, settings) for n, page in enumerate(pages, 1)]
+    try:
+        data = candidate.source if candidate.local else download(
+            candidate.source, timeout=settings['timeout'], max_bytes=settings['max_bytes'], allow_private=settings['allow_private'])
+    except DownloadFailed as e: return [({**row, 'status': f'failed:{e.reason}'}, None)]
+    return [_checked(row, data, settings)]
+
 # %% ../../notebooks/01_gather.ipynb #bc6a8c70
+@contextmanager
+def _uninterrupted():
+    "Hold Ctrl-C (SIGINT) back until the block ends: a photo and its manifest row are written together or not at all."
+    blocked = hasattr(signal, 'pthread_sigmask')
+    if blocked: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try: yield
+    finally:
+        if blocked: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # a pending Ctrl-C lands here
+
 class _Recorder:
     "Writes kept photos and manifest rows for one dataset, keeping the duplicate index current."
-    def __init__(self, dest: Path, near_threshold: int, report: GatherReport):
-        self.dest, self.report = dest, report
-        self.rows = read_manifest(dest)
-        self.sources = {(r['class'], r['source']) for r in self.rows}
-        self.index = DuplicateIndex(self.rows, near_threshold)
+    def __init__(self, dest: Path, near_threshold: int, report: GatherReport, lock_wait: float = 600.0):
+        self.dest, self.report, self.near_threshold, self.lock_wait = dest, report, near_threshold, lock_wait
         self.kept_now = set()               # files kept by this run, for the report
+        with dataset_lock(dest, wait=lock_wait): self._load()
+        report.had_manifest = bool(self.rows)
 
-    def known(self, candidate: Candidate) -> bool: return (candidate.class_name, candidate.source) in self.sources
+    def _signature(self):
+        try: stat = (self.dest/MANIFEST_NAME).stat()
+        except FileNotFoundError: return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def _load(self):
+        "Read the manifest and the cleaning log afresh."
+        self.rows = read_manifest(self.dest)
+        self.sources = {r['source'] for r in self.rows}
+        self.decided = decided_files(self.dest)
+        self.index = DuplicateIndex(self.rows, self.near_threshold)
+        for r in self.rows:                 # photos taken out of their class are known too: never kept again
+            if r['status'].startswith('quarantined') and r['file'] and r.get('phash'): self.index.add(r['file'], r['sha256'], r['phash'])
+        self.signature = self._signature()
+
+    def known(self, candidate: Candidate) -> bool:
+        source = candidate.shown_source
+        return source in self.sources or (candidate.local and f'{source}#page=1' in self.sources)
 
     def kept_in(self, folder: str) -> int:
         return sum(1 for f, (fo, _, _) in self.index.kept.items() if fo == folder)
 
-    def record(self, candidate: Candidate, row: dict, photo: Photo | None) -> str:
-        "Decide, write and record one candidate; returns its short status."
+    def record(self, candidate: Candidate, results) -> list[str]:
+        "Decide, write and record the rows of one candidate, holding the dataset's lock; returns their short statuses."
+        with dataset_lock(self.dest, wait=self.lock_wait), _uninterrupted():
+            if self._signature() != self.signature: self._load()     # a clean changed the dataset meanwhile
+            statuses = [self._record(candidate, row, photo) for row, photo in results if row['source'] not in self.sources]
+            self.signature = self._signature()
+        return statuses
+
+    def _record(self, candidate: Candidate, row: dict, photo: Photo | None) -> str:
         folder = candidate.folder
         if photo is not None:
             match = self.index.match(photo)
+            while match is not None and not (self.dest/match).is_file():   # moved away by hand: forget it
+                self.index.remove(match)
+                match = self.index.match(photo)
             if match is None:
                 row.update(status='kept', file=f'{folder}/{photo.file_name}')
-                atomic_write(self.dest/row['file'], photo.data, sync=False)
+                atomic_write(inside(self.dest, row['file']), photo.data, sync=False)
                 self.index.add(row['file'], photo.sha256, photo.phash)
                 self.kept_now.add(row['file'])
-            elif match.split('/')[0] == folder:
+            elif match.split('/')[0] in (folder, QUARANTINE_DIR) or match in self.decided:
                 row.update(status=f'duplicate_of:{match}')
             else:
                 self._quarantine_pair(match, folder, row, photo)
         self.rows.append(row)
-        self.sources.add((row['class'], row['source']))
+        self.sources.add(row['source'])
         append_manifest(self.dest, [row])
         status = row['status'].split(':')[0].replace('duplicate_of', 'duplicate')
-        self.report.count(folder, status)
+        self.report.count(folder or candidate.class_name, status)
         return status
+
+    def _free(self, relative: str) -> str:
+        "`relative`, or `stem-2.ext`... : the first name not taken in the dataset."
+        path, n = Path(relative), 1
+        while (self.dest/path).exists():
+            n += 1
+            path = Path(relative).with_name(f'{Path(relative).stem}-{n}{Path(relative).suffix}')
+        return path.as_posix()
 
     def _quarantine_pair(self, match: str, folder: str, row: dict, photo: Photo):
         "A photo seen under two classes: move the kept copy and put the new one in the quarantine."
         other_folder = match.split('/')[0]
-        quarantined = f'{QUARANTINE_DIR}/{Path(match).name}'
-        (self.dest/QUARANTINE_DIR).mkdir(exist_ok=True)
-        os.replace(self.dest/match, self.dest/quarantined)
-        self.index.remove(match)
+        moved = self._free(quarantine_path(match))
+        (self.dest/moved).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.dest/match, self.dest/moved)          # a rename: never a copy, never an overwrite
+        _, sha256, phash = self.index.kept.pop(match)
+        self.index.kept[moved] = (QUARANTINE_DIR, sha256, phash)
         for old in self.rows:
             if old.get('file') == match and old['status'] == 'kept':
-                old.update(status=f'quarantined:ambiguous_label:{folder}', file=quarantined)
+                old.update(status=f'quarantined:ambiguous_label:{folder}', file=moved)
         write_manifest(self.dest, self.rows)
         self.report.count(other_folder, 'quarantined')
         if match in self.kept_now: self.report.counts[other_folder]['kept'] -= 1
-        row.update(status=f'quarantined:ambiguous_label:{other_folder}', file=f'{QUARANTINE_DIR}/{photo.file_name}')
-        atomic_write(self.dest/row['file'], photo.data)
+        row.update(status=f'quarantined:ambiguous_label:{other_folder}', file=self._free(quarantine_path(f'{folder}/{photo.file_name}')))
+        atomic_write(inside(self.dest, row['file']), photo.data)
+        self.index.add(row['file'], photo.sha256, photo.phash)
         self.report.warnings.append(f'the same photo was found under {other_folder} and {folder}: both copies are '
                                     f'in {QUARANTINE_DIR}/ for you to look at ({Path(match).name}, {photo.file_name}).')
 
 # %% ../../notebooks/01_gather.ipynb #78500a68
-def _search_candidates(class_name, folder, queries, per_class, client, report, retries, backoff):
-    "Unique candidate URLs for one class from all its queries; search failures become warnings."
+def _search_candidates(class_name, folder, queries, per_class, client, report, retries, backoff, network_check):
+    "Unique candidate URLs for one class from all its queries; a failed search is a failure, no network stops all."
     seen, found = set(), []
     for template in queries:
         query = template.replace('{cls}', class_name)
-        try: urls = search_images(query, per_class, client=client, retries=retries, backoff=backoff)
+        try: urls = search_images(query, per_class, client=client, retries=retries, backoff=backoff, network_check=network_check)
+        except NoNetwork: raise
         except SearchFailed as e:
-            report.warnings.append(str(e))
+            report.failures.append(str(e))
             continue
         if not urls: report.warnings.append(f'the search {query!r} found no images; try other words for this class.')
         for url in urls:
@@ -305,8 +465,7 @@ def _process(candidates, recorder, pool, settings, limit, progress, label):
     try:
         for future in bar:
             if limit is not None and kept >= limit: break
-            row, photo = future.result()
-            kept += recorder.record(futures[future], row, photo) == 'kept'
+            kept += recorder.record(futures[future], future.result()).count('kept')
     finally:
         for future in futures: future.cancel()
         if progress and not IN_NOTEBOOK: print()   # the console bar ends without a newline
@@ -314,7 +473,8 @@ def _process(candidates, recorder, pool, settings, limit, progress, label):
 def gather(dest, classes=(), *, per_class: int = 150, queries=None, max_size: int = 400, min_side: int = 64,
            workers: int = 8, timeout: float = 15.0, max_bytes: int = 20 * 1024**2, near_threshold: int = 4,
            urls_file=None, from_folder=None, folder_names: dict | None = None, search_client=None,
-           retries: int = 4, backoff: float = 2.0, progress: bool = True) -> GatherReport:
+           retries: int = 4, backoff: float = 2.0, progress: bool = True, allow_private: bool = False,
+           max_pages: int = 50, lock_wait: float = 600.0, network_check=None) -> GatherReport:
     "Build or extend the dataset at `dest` from image search, a URL list or a folder of your own photos."
     dest, folder_names = Path(dest), folder_names or {}
     if sum(bool(x) for x in (urls_file, from_folder)) > 1:
@@ -322,25 +482,37 @@ def gather(dest, classes=(), *, per_class: int = 150, queries=None, max_size: in
     if not (urls_file or from_folder or classes):
         raise PictaxonError('Nothing to gather: name the classes (--classes "grizzly bear" "black bear"), '
                             'or give --urls FILE.csv or --from-folder DIR.')
+    listed = None
+    if urls_file or from_folder:        # read the list first: a bad list changes nothing
+        listed = candidates_from_urls(urls_file, folder_names) if urls_file else candidates_from_folder(from_folder, folder_names)
+        if classes:
+            wanted = set(class_folders_for(classes, folder_names)[0].values())
+            listed = [c for c in listed if c.folder in wanted]
+    else: folders, unusable = class_folders_for(classes, folder_names)
     dest.mkdir(parents=True, exist_ok=True)
     report = GatherReport(dest)
-    recorder = _Recorder(dest, near_threshold, report)
-    settings = dict(timeout=timeout, max_bytes=max_bytes, max_size=max_size, min_side=min_side)
+    recorder = _Recorder(dest, near_threshold, report, lock_wait)
+    settings = dict(timeout=timeout, max_bytes=max_bytes, max_size=max_size, min_side=min_side,
+                    allow_private=allow_private, max_pages=max_pages)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix='pictaxon-download') as pool:
-        if urls_file or from_folder:
-            listed = candidates_from_urls(urls_file, folder_names) if urls_file else candidates_from_folder(from_folder, folder_names)
-            wanted = {_folder_for(c, folder_names) for c in classes}
-            listed = [c for c in listed if not wanted or c.folder in wanted]
+        if listed is not None:
+            unusable = class_folders_for([c.class_name for c in listed if not c.folder])[1]
+            report.failures += [f'{why} Its rows were not downloaded.' for why in unusable.values()]
             for folder in dict.fromkeys(c.folder for c in listed):
                 todo = [c for c in listed if c.folder == folder and not recorder.known(c)]
                 _process(todo, recorder, pool, settings, None, progress, folder)
+            asked = {c.folder for c in listed if c.folder}
         else:
-            for class_name in classes:
-                folder = _folder_for(class_name, folder_names)
+            report.failures += list(unusable.values())
+            for class_name, folder in folders.items():
                 missing = per_class - recorder.kept_in(folder)
                 if missing <= 0: continue
                 found = _search_candidates(class_name, folder, queries or DEFAULT_QUERIES, per_class,
-                                           search_client, report, retries, backoff)
+                                           search_client, report, retries, backoff, network_check)
                 todo = [c for c in found if not recorder.known(c)]
                 _process(todo, recorder, pool, settings, missing, progress, folder)
+            asked = set(folders.values())
+    for folder in sorted(asked):
+        if not (dest/folder).is_dir() or not image_files(dest/folder):
+            report.failures.append(f'the class folder {folder} has no photo; see the manifest for why each candidate failed.')
     return report

@@ -6,7 +6,7 @@ where the model is wrong."""
 
 # %% ../../notebooks/02_train.ipynb #ffdec137
 from __future__ import annotations
-import socket, time
+import socket, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +19,15 @@ from fastai.vision.all import (Learner, DataBlock, ImageBlock, CategoryBlock, In
                                resnet50, PILImage, create_head, GatherPredsCallback)
 from .core import PictaxonError, class_folders, image_files, sha256_file, atomic_write, MANIFEST_NAME
 from .images import open_image, BadImage
+from .features import valid_indices, class_names
+from .evaluation import (Evaluation, plot_confusion_matrix, plot_top_losses, plot_training_curve,
+                                 write_evaluation_report)
 
 # %% auto #0
-__all__ = ['LITE_STATS', 'ARCHITECTURES', 'DEFAULT_ARCH', 'DEFAULT_LR', 'efficientnet_lite0', 'efficientnet_body',
+__all__ = ['LITE_STATS', 'ARCHITECTURES', 'DEFAULT_ARCH', 'DEFAULT_LR', 'MICRO_BATCH', 'efficientnet_lite0', 'efficientnet_body',
            'efficientnet_split', 'WeightsUnavailable', 'ensure_weights', 'load_training_image', 'dataset_items',
-           'presize', 'make_dataloaders', 'sample_dataset', 'TrainingHistory', 'PlainTensors', 'create_learner',
-           'train', 'Evaluation', 'evaluate', 'plot_confusion_matrix', 'plot_top_losses', 'plot_training_curve',
+           'presize', 'TrainingPhotos', 'training_photos', 'make_dataloaders', 'sample_dataset', 'TrainingHistory',
+           'PlainTensors', 'create_learner', 'is_main_process', 'training_device', 'on_hardware', 'train', 'evaluate',
            'write_report']
 
 # %% ../../notebooks/02_train.ipynb #b1d627ed
@@ -103,24 +106,58 @@ def presize(size: int) -> int:
     "The side photos are resized to before batch augmentation crops them to `size`."
     return int(round(size * 1.25))
 
-def _valid_indices(items, valid_pct, seed, valid_files):
-    if valid_files is not None:
-        wanted = {Path(f).resolve() for f in valid_files}
-        idx = [i for i, f in enumerate(items) if f.resolve() in wanted]
-        if not idx: raise PictaxonError("None of the valid_files are images of this dataset; pass paths inside it.")
-        return idx
-    order = np.random.RandomState(seed).permutation(len(items))
-    return sorted(order[:max(1, int(round(valid_pct * len(items))))].tolist())
+# %% ../../notebooks/02_train.ipynb #c0de0002
+@dataclass
+class TrainingPhotos:
+    "The photos of a training run: usable `items` (paths) with their `sha256`, the `valid` indices, and what was left out."
+    dataset: Path
+    classes: list
+    items: list
+    sha256: list
+    valid: list
+    skipped: list      # (file, reason) for photos that cannot be decoded
+    missing: list      # validation photos asked for that are no longer in the dataset
+    @property
+    def files(self) -> list[str]: return [p.relative_to(self.dataset).as_posix() for p in self.items]
+    @property
+    def valid_files(self) -> list[str]: return [self.files[i] for i in self.valid]
+
+def _unusable(path, side) -> str | None:
+    try: open_image(path, draft_size=side); return None
+    except BadImage as e: return str(e)
+
+def training_photos(dataset, *, size: int = 224, valid_pct: float = 0.2, seed: int = 42, valid_files=None,
+                    valid_sha256=None) -> TrainingPhotos:
+    "The usable photos of `dataset` and the validation split; warns once, naming every photo left out."
+    dataset = Path(dataset)
+    classes, items = dataset_items(dataset)
+    reasons = [_unusable(f, presize(size)) for f in items]
+    skipped = [(f.relative_to(dataset).as_posix(), r) for f, r in zip(items, reasons) if r]
+    items = [f for f, r in zip(items, reasons) if not r]
+    if skipped:
+        warnings.warn(f"Left out {len(skipped)} unusable photo(s) (move them out or run `pictaxon clean`): "
+                      + '; '.join(f"{f}: {r}" for f, r in skipped), stacklevel=2)
+    if len({f.parent.name for f in items}) < 2:
+        raise PictaxonError(f"{dataset} has usable photos in fewer than two class folders; training needs two.")
+    shas = [sha256_file(f) for f in items]
+    files = [f.relative_to(dataset).as_posix() for f in items]
+    valid, missing = valid_indices(files, valid_pct=valid_pct, seed=seed, valid_files=valid_files, dataset=dataset,
+                                   sha256=shas, valid_sha256=valid_sha256)
+    if missing:
+        warnings.warn(f"{len(missing)} of the {len(valid_files)} validation photos asked for are no longer in the "
+                      f"dataset and were left out: {'; '.join(missing)}", stacklevel=2)
+    return TrainingPhotos(dataset, classes, items, shas, valid, skipped, missing)
 
 def make_dataloaders(dataset, *, size: int = 224, valid_pct: float = 0.2, seed: int = 42, batch_size: int = 32,
-                     valid_files=None, num_workers: int = 0):
+                     valid_files=None, num_workers: int = 0, photos: TrainingPhotos | None = None):
     "fastai `DataLoaders` for the dataset folder `dataset`: labels from folder names, a seeded split, presizing."
-    classes, items = dataset_items(dataset)
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=classes)), get_x=load_training_image,
-                      get_y=parent_label, splitter=IndexSplitter(_valid_indices(items, valid_pct, seed, valid_files)),
+    photos = photos or training_photos(dataset, size=size, valid_pct=valid_pct, seed=seed, valid_files=valid_files)
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=photos.classes)), get_x=load_training_image,
+                      get_y=parent_label, splitter=IndexSplitter(photos.valid),
                       item_tfms=Resize(presize(size)), batch_tfms=aug_transforms(size=size, min_scale=0.75))
     set_seed(seed, reproducible=True)
-    return block.dataloaders(items, bs=batch_size, num_workers=num_workers, path=Path(dataset))
+    # No loader workers: each would be a copy of this process, and Binder has one CPU and 2 GB.
+    return block.dataloaders(photos.items, bs=batch_size, num_workers=num_workers, path=Path(dataset))
 
 # %% ../../notebooks/02_train.ipynb #fa473d71
 def sample_dataset(root, per_class: int = 10, side: int = 80) -> Path:
@@ -176,84 +213,101 @@ def create_learner(dls, arch: str = DEFAULT_ARCH, *, pretrained: bool = True) ->
         dls.add_tfms([Normalize.from_stats(*LITE_STATS)], 'after_batch')
     return learn
 
+# %% ../../notebooks/02_train.ipynb #a7c3e9d1
+import os
+from contextlib import contextmanager
+
+def is_main_process() -> bool:
+    "False in the helper processes `accelerate launch` (or torchrun) starts beside the main one: only the main one writes."
+    return int(os.environ.get('RANK', 0)) == 0
+
+def training_device() -> torch.device:
+    "This process's GPU when there is one (the one `accelerate launch` gave it), else the CPU."
+    if not torch.cuda.is_available(): return torch.device('cpu')
+    return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+
+def _distributed_trainer(**options):
+    "fastai's `DistributedTrainer` (Accelerate's DDP), whose index broadcast also works between CPU processes (gloo)."
+    from fastai.distributed import DistributedDL, DistributedTrainer
+    class Loader(DistributedDL):
+        def _broadcast(self, t, rank):      # fastai's moves the indices to CUDA, which CPU processes lack
+            t = torch.LongTensor(t).to('cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu')
+            torch.distributed.broadcast(t, rank)
+            return t.cpu().tolist()
+    class Trainer(DistributedTrainer):
+        def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else Loader(dl, device=self.learn.model.device)
+    return Trainer(**options)
+
+@contextmanager
+def on_hardware(learn):
+    "Fit `learn` on what this process has: a GPU with mixed precision, and its share of each epoch under `accelerate launch`; yields the card's record."
+    from fastai.callback.progress import ProgressCallback
+    device, processes = training_device(), int(os.environ.get('WORLD_SIZE', 1))
+    gpu = device.type == 'cuda'
+    if gpu: torch.cuda.set_device(device)
+    learn.dls.to(device); learn.model.to(device)
+    if gpu: learn.to_fp16()
+    trainer = _distributed_trainer(sync_bn=gpu, cpu=not gpu) if processes > 1 else None
+    if trainer:
+        learn.add_cb(trainer)
+        if not is_main_process(): learn.remove_cb(ProgressCallback)
+    try: yield {'device': torch.cuda.get_device_name(device) if gpu else 'cpu', 'processes': processes, 'mixed_precision': gpu}
+    finally:
+        if trainer: learn.remove_cb(trainer)
+        if gpu: learn.to_fp32()
+
 # %% ../../notebooks/02_train.ipynb #27a983b7
 DEFAULT_LR = 2e-3
+MICRO_BATCH = 8       # photos per forward/backward pass; gradients add up to `batch_size` before each step
 
 def _manifest_sha256(dataset):
     path = Path(dataset)/MANIFEST_NAME
     return sha256_file(path) if path.exists() else None
 
+def _fit(learn, epochs, lr, pretrained, batch_size, micro_batch, progress):
+    from fastai.vision.all import GradientAccumulation
+    cbs = [GradientAccumulation(batch_size)] if micro_batch < batch_size else []
+    # From random weights there is no body to keep frozen: train everything from the start.
+    fit = ((lambda: learn.fine_tune(epochs, base_lr=lr, cbs=cbs)) if pretrained
+           else (lambda: learn.fit_one_cycle(epochs, lr, cbs=cbs)))
+    if progress: return fit()
+    with learn.no_bar(), learn.no_logging(): fit()
+
 def train(dataset, *, arch: str = DEFAULT_ARCH, epochs: int = 4, lr: float | None = None, seed: int = 42,
-          size: int = 224, valid_pct: float = 0.2, batch_size: int = 32, pretrained: bool = True,
-          valid_files=None, progress: bool = True) -> Learner:
+          size: int = 224, valid_pct: float = 0.2, batch_size: int = 32, micro_batch: int | None = MICRO_BATCH,
+          pretrained: bool = True, valid_files=None, valid_sha256=None, progress: bool = True) -> Learner:
     "Fine-tune `arch` on the dataset folder `dataset`; returns the fastai `Learner` with `training_info` set."
     if epochs < 1: raise PictaxonError(f"epochs must be at least 1, not {epochs}.")
-    dls = make_dataloaders(dataset, size=size, valid_pct=valid_pct, seed=seed, batch_size=batch_size,
-                           valid_files=valid_files)
+    micro_batch = min(micro_batch or batch_size, batch_size)
+    photos = training_photos(dataset, size=size, valid_pct=valid_pct, seed=seed, valid_files=valid_files,
+                             valid_sha256=valid_sha256)
+    dls = make_dataloaders(dataset, size=size, seed=seed, batch_size=micro_batch, photos=photos)
     learn = create_learner(dls, arch, pretrained=pretrained)
     lr = lr or DEFAULT_LR
     set_seed(seed, reproducible=True)
     start = time.time()
-    # From random weights there is no body to keep frozen: train everything from the start.
-    fit = (lambda: learn.fine_tune(epochs, base_lr=lr)) if pretrained else (lambda: learn.fit_one_cycle(epochs, lr))
-    if progress: fit()
-    else:
-        with learn.no_bar(), learn.no_logging(): fit()
+    with on_hardware(learn) as hardware: _fit(learn, epochs, lr, pretrained, batch_size, micro_batch, progress)
     seconds = time.time() - start
     evaluation = evaluate(learn)
-    counts = {c: len(image_files(Path(dataset)/c)) for c in dls.vocab}
+    learn.dls.cpu(); learn.model.cpu()     # exported and served on the CPU, whatever it trained on
+    classes = [str(c) for c in dls.vocab]
     learn.training_info = dict(
+        kind='fine-tuned', class_names=class_names(dataset, classes),
         architecture=arch, pretrained=pretrained, input_size=size, presize=presize(size), epochs=epochs, lr=lr,
-        seed=seed, batch_size=batch_size, valid_pct=None if valid_files is not None else valid_pct,
-        dataset=str(Path(dataset).resolve()), images_per_class=counts, manifest_sha256=_manifest_sha256(dataset),
+        seed=seed, batch_size=batch_size, micro_batch=micro_batch, valid_pct=None if valid_files is not None else valid_pct,
+        dataset=str(Path(dataset).resolve()), manifest_sha256=_manifest_sha256(dataset),
+        images_per_class={c: sum(p.parent.name == c for p in photos.items) for c in classes},
         n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), training_seconds=round(seconds, 1),
         valid_accuracy=evaluation.accuracy, valid_per_class=evaluation.per_class(),
-        history=learn.training_history.epochs)
+        valid_files=photos.valid_files, valid_sha256=[photos.sha256[i] for i in photos.valid],
+        valid_missing=photos.missing, skipped_files=[{'file': f, 'reason': r} for f, r in photos.skipped],
+        history=learn.training_history.epochs, **hardware)
     learn.evaluation = evaluation
     print(f"{arch}: valid accuracy {evaluation.accuracy:.1%} on {len(dls.valid_ds)} images "
           f"({len(dls.vocab)} classes), trained in {seconds:.0f} s")
     return learn
 
 # %% ../../notebooks/02_train.ipynb #369d4d8c
-@dataclass
-class Evaluation:
-    "Predictions of a learner on its validation set, with the measures computed from them."
-    classes: list
-    files: list
-    probs: np.ndarray      # (n, classes)
-    targets: np.ndarray    # (n,)
-    losses: np.ndarray     # (n,)
-
-    @property
-    def predicted(self) -> np.ndarray: return self.probs.argmax(1)
-    @property
-    def accuracy(self) -> float: return float((self.predicted == self.targets).mean()) if len(self.targets) else 0.0
-
-    def confusion_matrix(self) -> np.ndarray:
-        "Counts, rows = actual class, columns = predicted class."
-        n = len(self.classes)
-        return np.bincount(self.targets * n + self.predicted, minlength=n * n).reshape(n, n)
-
-    def per_class(self) -> dict:
-        "Precision, recall, F1 and support of every class."
-        cm, out = self.confusion_matrix(), {}
-        for i, name in enumerate(self.classes):
-            tp, predicted, actual = cm[i, i], cm[:, i].sum(), cm[i, :].sum()
-            precision = tp / predicted if predicted else 0.0
-            recall = tp / actual if actual else 0.0
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            out[name] = {'precision': round(float(precision), 4), 'recall': round(float(recall), 4),
-                         'f1': round(float(f1), 4), 'support': int(actual)}
-        return out
-
-    def table(self) -> str:
-        "The per-class measures as a printable table."
-        rows = [f"{'class':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
-        for name, m in self.per_class().items():
-            rows.append(f"{name:<16}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}")
-        rows.append(f"{'accuracy':<16}{'':>20}{self.accuracy:>10.3f}{len(self.targets):>9}")
-        return '\n'.join(rows)
-
 def evaluate(learn) -> Evaluation:
     "Run `learn` over its validation set once and keep what the report needs."
     dl = learn.dls.valid.new(shuffle=False, drop_last=False)
@@ -263,69 +317,7 @@ def evaluate(learn) -> Evaluation:
                       probs=probs.numpy(), targets=targets.numpy().astype(int), losses=losses.numpy())
 
 # %% ../../notebooks/02_train.ipynb #5e98895b
-def plot_confusion_matrix(evaluation: Evaluation):
-    "A matplotlib figure of the confusion matrix (counts)."
-    import matplotlib.pyplot as plt
-    cm, n = evaluation.confusion_matrix(), len(evaluation.classes)
-    fig, ax = plt.subplots(figsize=(2 + 0.7 * n, 2 + 0.7 * n))
-    ax.imshow(cm, cmap='Blues')
-    ax.set_xticks(range(n), evaluation.classes, rotation=90); ax.set_yticks(range(n), evaluation.classes)
-    ax.set_xlabel('predicted'); ax.set_ylabel('actual')
-    ax.set_title(f'Confusion matrix\nvalid accuracy {evaluation.accuracy:.1%}', fontsize=10)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, int(cm[i, j]), ha='center', va='center', color='white' if cm[i, j] > cm.max() / 2 else 'black')
-    fig.tight_layout()
-    return fig
-
-def plot_top_losses(evaluation: Evaluation, k: int = 9):
-    "A grid of the `k` validation photos with the highest loss, titled predicted/actual/loss/probability."
-    import matplotlib.pyplot as plt
-    order = np.argsort(-evaluation.losses)[:k]
-    cols = min(3, max(1, len(order)))
-    rows = max(1, int(np.ceil(len(order) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat: ax.axis('off')
-    for ax, i in zip(axes.flat, order):
-        ax.imshow(open_image(evaluation.files[i], draft_size=256))
-        actual, predicted = evaluation.classes[evaluation.targets[i]], evaluation.classes[evaluation.predicted[i]]
-        ax.set_title(f'{predicted}/{actual}\nloss {evaluation.losses[i]:.2f} '
-                     f'p({actual}) {evaluation.probs[i, evaluation.targets[i]]:.2f}', fontsize=9)
-    fig.suptitle('Top losses: predicted/actual, loss, probability of actual', fontsize=10)
-    fig.tight_layout()
-    return fig
-
-def plot_training_curve(history: TrainingHistory):
-    "Training loss per batch, validation loss and accuracy per epoch, across both phases of `fine_tune`."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    batches = np.asarray(history.batches)
-    if len(batches):
-        smooth = np.convolve(batches, np.ones(5) / 5, mode='valid') if len(batches) >= 5 else batches
-        ax.plot(np.arange(len(smooth)) + (len(batches) - len(smooth)), smooth, label='train loss (smoothed)')
-    ends = [e['batches_seen'] for e in history.epochs]
-    ax.plot(ends, [e.get('valid_loss', np.nan) for e in history.epochs], 'o-', label='valid loss')
-    ax.set_xlabel('batches'); ax.set_ylabel('loss')
-    ax2 = ax.twinx()
-    ax2.plot(ends, [e.get('accuracy', np.nan) for e in history.epochs], 's--', color='green', label='valid accuracy')
-    ax2.set_ylabel('accuracy'); ax2.set_ylim(0, 1.02)
-    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc='center right')
-    ax.set_title('Training curve')
-    fig.tight_layout()
-    return fig
-
 def write_report(learn, folder, evaluation: Evaluation | None = None) -> Path:
     "Write the confusion matrix, top losses, per-class CSV and training curve of `learn` into `folder`."
-    import matplotlib.pyplot as plt
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     evaluation = evaluation or getattr(learn, 'evaluation', None) or evaluate(learn)
-    for name, fig in [('confusion_matrix.png', plot_confusion_matrix(evaluation)),
-                      ('top_losses.png', plot_top_losses(evaluation)),
-                      ('training_curve.png', plot_training_curve(learn.training_history))]:
-        fig.savefig(folder/name, dpi=100); plt.close(fig)
-    lines = ['class,precision,recall,f1,support']
-    lines += [f"{c},{m['precision']},{m['recall']},{m['f1']},{m['support']}" for c, m in evaluation.per_class().items()]
-    lines.append(f"accuracy,,,{round(evaluation.accuracy, 4)},{len(evaluation.targets)}")
-    atomic_write(folder/'per_class.csv', '\n'.join(lines) + '\n')
-    return folder
+    return write_evaluation_report(evaluation, folder, history=learn.training_history)
