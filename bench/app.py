@@ -93,7 +93,7 @@ class AppServer:
             self.most_kernels = max(self.most_kernels, len(self.kernels()))
             time.sleep(0.2)
 
-    def wait_for_kernels(self, count: int, timeout: float = 30) -> int:
+    def wait_for_kernels(self, count: int, timeout: float = 90) -> int:
         deadline = time.time() + timeout
         while len(self.kernels()) > count and time.time() < deadline: time.sleep(0.2)
         return len(self.kernels())
@@ -117,10 +117,21 @@ def kernel_memory_mb(kernel: psutil.Process) -> dict:
 
 
 def open_page(browser, url):
-    page = browser.new_page(viewport={'width': 1100, 'height': 900})
+    page = browser.new_page()
     page.goto(url, timeout=120_000)
     page.wait_for_selector('.widget-upload', state='visible', timeout=120_000)
     return page
+
+
+def close_tab(page):
+    """Close `page` as a user closes a tab: its beforeunload handlers run (Voila's asks for its kernel's shutdown).
+    With `run_before_unload` playwright does not wait for the close, and headless chromium finishes it only
+    once something waits on the page: wait for it."""
+    page.close(run_before_unload=True)
+    try:
+        if not page.is_closed(): page.wait_for_event('close', timeout=30_000)
+    except Exception:
+        if not page.is_closed(): raise
 
 
 def upload(page, path: Path, count: int, timeout=120_000) -> float:
@@ -168,7 +179,7 @@ def measure_page(browser, server, photos, repeats, figures):
         rounds.append({'uss_before_clear': before, 'uss_after_clear': kernel_memory_mb(kernel)['uss']})
     figures['clear_rounds'] = rounds
     figures['kernel_end'] = kernel_memory_mb(kernel)
-    page.close(run_before_unload=True)
+    close_tab(page)
 
 
 def page_loads(browser, server, photo, loads, figures):
@@ -177,10 +188,12 @@ def page_loads(browser, server, photo, loads, figures):
     for _ in range(loads):
         page = open_page(browser, server.url)
         upload(page, photo, 1)
-        page.close(run_before_unload=True)
+        close_tab(page)
         done += 1
     figures['loads_done'] = done
+    began = time.perf_counter()
     figures['kernels_after_loads'] = server.wait_for_kernels(0)
+    figures['last_kernel_gone_s'] = time.perf_counter() - began
     pages = [open_page(browser, server.url) for _ in range(2)]
     for page in pages:
         with page.expect_file_chooser() as chooser: page.click('.widget-upload')
@@ -189,8 +202,10 @@ def page_loads(browser, server, photo, loads, figures):
         page.wait_for_function("() => document.querySelectorAll('.pictaxon-label').length >= 1", timeout=120_000)
     figures['pages_at_once_done'] = len(pages)
     figures['kernels_at_once'] = len(server.kernels())
-    for page in pages: page.close(run_before_unload=True)
+    for page in pages: close_tab(page)
+    began = time.perf_counter()
     figures['kernels_left'] = server.wait_for_kernels(0)
+    figures['last_two_kernels_gone_s'] = time.perf_counter() - began
     figures['most_kernels_alive'] = server.most_kernels
 
 
@@ -213,13 +228,16 @@ def main(argv=None):
                'photo_bytes': {k: p.stat().st_size for k, p in photos.items()}}
     load_before = os.getloadavg()[0]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
+        # One window whose tabs open and close, as a user's browser: a page closing its own context would take
+        # the page's shutdown request with it.
+        browser = playwright.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS).new_context(
+            viewport={'width': 1100, 'height': 900})
         server = AppServer(args.model, work, args.binder_box)
         try:
             if not args.loads_only: measure_page(browser, server, photos, args.repeats, figures)
             else:
                 while True:
-                    try: open_page(browser, server.url).close(run_before_unload=True); break
+                    try: close_tab(open_page(browser, server.url)); break
                     except Exception:
                         if time.perf_counter() - server.started > 120: raise
                         time.sleep(0.2)
@@ -227,7 +245,7 @@ def main(argv=None):
         finally:
             figures['server_peak_mb'] = server.peak_mb
             log = server.stop()
-            browser.close()
+            browser.browser.close()
     box = re.search(r'binder-box: peak resident (\d+) MB of a (\d+) MB limit on (\d+) CPU; OOM kills (\d+)', log)
     if box: figures['box_peak_mb'], figures['box_limit_mb'], figures['box_cpus'], figures['oom_kills'] = map(int, box.groups())
     figures['load_average'] = (load_before + os.getloadavg()[0]) / 2
@@ -278,7 +296,8 @@ def report(figures):
     print(f'  {figures["loads_done"]} page loads in a row (13 MB photo each, tab closed), then '
           f'{figures["pages_at_once_done"]} pages at once:')
     print(f'         most kernels alive at once {figures["most_kernels_alive"]}; kernels left after the loads '
-          f'{figures["kernels_after_loads"]}, after the two pages {figures["kernels_left"]}')
+          f'{figures["kernels_after_loads"]} (after {figures["last_kernel_gone_s"]:.1f} s), after the two pages '
+          f'{figures["kernels_left"]} (after {figures["last_two_kernels_gone_s"]:.1f} s)')
     print(f'         server peak memory (all its processes, resident) {figures["server_peak_mb"]:.0f} MB')
     if 'box_peak_mb' in figures:
         print(f'         binder-box: peak {figures["box_peak_mb"]} MB of {figures["box_limit_mb"]} MB, '

@@ -1,14 +1,15 @@
 """Speed of the clean stage on the shared bears (414 photos), printed as ratios.
 
-  1. inspecting every photo (sha256, perceptual hash, size, sharpness, brightness), as `review` does, vs the
-     bare minimum a duplicate check needs (PIL decode + imagehash.phash).           target: ours <= 1.5x bare
-  2. a second `review` of the same folder in the same session (cached) vs the first.  target: <= 0.1x
+  1. inspecting every photo (sha256, perceptual hash, size, sharpness, brightness, contrast), as `review` does,
+     vs the bare minimum a duplicate check needs (PIL decode + imagehash.phash).    target: ours <= 1.5x bare
+  2. a whole `review` (out-of-fold judgement included) with no feature cache, then again in a fresh session's
+     state with the features cached on disk and the inspection cached in memory.  target: second <= 0.3x first
   3. the safe path: apply then undo of 200 moves (logged, manifest-free folder), moves/s, vs plain os.rename
      of the same files there and back.                                             reported, no target
 
 Usage: .venv/bin/python bench/clean.py
 """
-import shutil, sys, tempfile, time
+import os, shutil, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +30,27 @@ def main():
         for p in photos:
             with Image.open(p) as im: imagehash.phash(im.convert('RGB'))
         bare = time.perf_counter() - start
+        from pictaxon import features, review
         start = time.perf_counter()
-        clean.review(dataset)
+        review.inspect_images(dataset)
+        inspect = time.perf_counter() - start
+        print(f'1. inspect {len(photos)} photos: {inspect:.2f} s, bare decode+phash {bare:.2f} s, '
+              f'ratio {inspect / bare:.2f}x (target <= 1.5x)')
+        # A cold feature cache (the extractor itself copied over: building it is a once-per-machine cost).
+        cache = work / 'cache'
+        cold = cache / features.extractor_path().name
+        cache.mkdir(); shutil.copy(features.extractor_path(), cold)
+        os.environ['PICTAXON_CACHE'] = str(cache)
+        review._INSPECTED.clear()
+        start = time.perf_counter()
+        review.review(dataset)
         first = time.perf_counter() - start
+        review._INSPECTED.clear()
         start = time.perf_counter()
-        clean.review(dataset)
+        result = review.review(dataset)
         second = time.perf_counter() - start
-        print(f'1. inspect {len(photos)} photos: review {first:.2f} s, bare decode+phash {bare:.2f} s, '
-              f'ratio {first / bare:.2f}x (target <= 1.5x)')
-        print(f'2. second review (cached): {second:.3f} s, ratio {second / first:.3f}x (target <= 0.1x)')
+        print(f'2. whole review, features not cached: {first:.1f} s; again with the features cached: {second:.1f} s, '
+              f'ratio {second / first:.2f}x (target <= 0.3x; {result.source})')
 
         moved = sorted((dataset / 'black').glob('*.jpg'))[:100] + sorted((dataset / 'teddy').glob('*.jpg'))[:100]
         decisions = [(p.relative_to(dataset).as_posix(), 'delete') for p in moved]

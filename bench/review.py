@@ -52,6 +52,8 @@ def plant(dataset: Path, rate: float, seed: int) -> dict:
         given = path.split('/')[0]
         wrong = rng.choice([c for c in classes if c != given])
         new = f'{wrong}/{path.split("/")[1]}'
+        if (dataset / new).exists():             # bears reuse names across folders: never overwrite a photo
+            new = f'{wrong}/{Path(path).stem}-{given}{Path(path).suffix}'
         (dataset / path).rename(dataset / new)
         planted_errors[new] = given
     pairs = []                                   # (original, copy)
@@ -104,8 +106,12 @@ def measure(result, planted: dict) -> dict:
 
 
 def describe_relabels(result) -> list[str]:
+    "The relabel suggestions, then the other label suspects (rows that say check), with the model's view."
     rows = sorted((r for r in result.rows if r['suggestion'] == 'relabel'), key=lambda r: -r['confidence'])
-    return [f"    {r['path']:<58} {r['given']} -> {r['suggested_label']} ({r['confidence']:.2f})" for r in rows]
+    lines = [f"    relabel {r['path']:<58} {r['given']} -> {r['suggested_label']} ({r['confidence']:.2f})" for r in rows]
+    checks = [r for r in result.label_ranking() if r['suggestion'] == 'check' and any(x.group == 'label' for x in r['reasons'])]
+    return lines + [f"    check   {r['path']:<58} given {r['given']}, model {r['predicted']} ({r['confidence']:.2f}), "
+                    f"label quality {r['label_quality']:.2f}" for r in checks]
 
 
 def main(argv=None):

@@ -180,27 +180,8 @@ def add_planted_copies(dataset, bears_dir):
     (dataset/'black'/'blurred.jpg').write_bytes(jpeg_bytes(open_image(unused[2]).filter(ImageFilter.GaussianBlur(6))))
 
 
-def test_review_without_model_finds_duplicates_and_low_quality(dataset, bears_dir, tmp_path, capsys):
-    add_planted_copies(dataset, bears_dir)
-    out = tmp_path/'review.csv'
-    assert main(['review', str(dataset), '--out', str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert 'exact duplicate of grizzly/00000002.jpg' in printed
-    with open(out, newline='') as f: rows = {r['path']: r for r in csv.DictReader(f)}
-    assert set(rows) == {'grizzly/copy.jpg', 'teddy/smaller.jpg', 'black/tiny.jpg', 'black/dark.jpg', 'black/blurred.jpg'}
-    assert rows['teddy/smaller.jpg']['duplicate_of'] == 'teddy/00000001.jpg'
-    assert 'near duplicate' in rows['teddy/smaller.jpg']['reasons']
-    assert rows['black/tiny.jpg']['reasons'].startswith('tiny (40x28)')
-    assert 'too dark' in rows['black/dark.jpg']['reasons'] and 'blurry' in rows['black/blurred.jpg']['reasons']
-    assert [rows[p]['suggestion'] for p in ('grizzly/copy.jpg', 'black/blurred.jpg')] == ['delete', 'check']
-    # The review, applied straight (suggestions accepted), then undone.
-    before = files(dataset)
-    assert main(['clean', str(dataset), '--apply', str(out), '--accept-suggestions', '--dry-run']) == 0
-    assert files(dataset) == before and 'Would apply: 3 delete' in capsys.readouterr().out
-    assert main(['clean', str(dataset), '--apply', str(out), '--accept-suggestions']) == 0
-    assert names(dataset, '.quarantine/grizzly') == ['copy.jpg']
-    assert main(['clean', str(dataset), '--undo', '--all']) == 0
-    assert files(dataset) == before
+# The review itself (out-of-fold judgement, reasons, quality, `pictaxon review`) is tested in tests/test_review.py
+# and the reviewer in tests/test_reviewer.py.
 
 
 def test_cli_errors_are_one_clear_line(dataset, tmp_path, capsys):
@@ -311,94 +292,3 @@ def test_no_code_path_unlinks_a_photo(dataset, bears_dir, tmp_path, monkeypatch)
     reviewer.undo()
     assert main(['clean', str(dataset), '--undo', '--all']) == 0
     assert deletions == [] and files(dataset) == before
-
-
-def plant_errors(bears_dir, dest, per_class=80, seed=0):
-    """A copy of `per_class` bears a class with 6 photos moved to a wrong class, 3 exact and 2 near copies added.
-    Returns (mislabeled paths, {copy path: original path})."""
-    import random
-    small_dataset(bears_dir, dest, per_class, manifest=False)
-    rng, classes = random.Random(seed), ('black', 'grizzly', 'teddy')
-    photos = {c: sorted(p.name for p in (dest/c).glob('*.jpg')) for c in classes}
-    picked = {c: rng.sample(photos[c], 4) for c in classes}
-    mislabeled, copies = [], {}
-    for i, c in enumerate(classes):
-        for j, name in enumerate(picked[c][:2]):                 # two of each class moved into another class
-            wrong = classes[(i + 1 + j) % 3]
-            (dest/c/name).rename(dest/wrong/f'moved-{c}-{name}')
-            mislabeled.append(f'{wrong}/moved-{c}-{name}')
-    originals = [f'{c}/{picked[c][k]}' for k in (2, 3) for c in classes][:5]
-    for original in originals[:3]:                                 # exact copies under another name
-        copy = original.replace('/', '/copy-')
-        shutil.copy(dest/original, dest/copy)
-        copies[copy] = original
-    for original in originals[3:]:                                 # near copies: smaller and re-compressed
-        photo = open_image(dest/original)
-        copy = original.replace('/', '/smaller-')
-        (dest/copy).write_bytes(jpeg_bytes(photo.resize((photo.width * 3 // 4, photo.height * 3 // 4)), 70))
-        copies[copy] = original
-    return mislabeled, copies
-
-
-@pytest.mark.slow
-def test_review_finds_planted_errors(bears_dir, tmp_path, capsys):
-    """Train briefly on bears with planted errors; `pictaxon review` must rank the mislabeled photos high and
-    find every duplicate."""
-    import torch
-    from pictaxon.export import export_model
-    from pictaxon.train import train
-    dataset = tmp_path/'bears'
-    mislabeled, copies = plant_errors(bears_dir, dataset, per_class=80)
-    start = time.time()
-    learn = train(dataset, epochs=1, size=128, batch_size=32, progress=False)
-    model = export_model(learn, tmp_path/'model.pkl')
-    trained = time.time() - start
-    out = tmp_path/'review.csv'
-    assert main(['review', str(dataset), '--model', str(model), '--out', str(out), '--top', '20']) == 0
-    took = time.time() - start
-    with open(out, newline='') as f: rows = {r['path']: r for r in csv.DictReader(f)}
-    top20 = {p for p, r in rows.items() if int(r['rank']) <= 20}
-    found = [p for p in mislabeled if p in top20]
-    dupes_found = [c for c, o in copies.items() if rows.get(c, {}).get('duplicate_of') == o]
-    with capsys.disabled():
-        print(f'\nplanted errors: {len(found)} of {len(mislabeled)} mislabeled photos in the top 20 (ranks '
-              f"{sorted(int(rows[p]['rank']) for p in mislabeled if p in rows)}), {len(dupes_found)} of {len(copies)} "
-              f'duplicates found; {sum(1 for _ in dataset.rglob("*.jpg"))} photos, train {trained:.0f} s, '
-              f'train + review {took:.0f} s, {torch.get_num_threads()} threads')
-    assert len(found) >= 5, (mislabeled, sorted(rows.items(), key=lambda kv: int(kv[1]['rank']))[:20])
-    assert len(dupes_found) == len(copies)
-    # The reviewer shows given, predicted, confidence and loss on each thumbnail (predictions cached: no re-run).
-    reviewer = Reviewer(review(dataset, model), per_page=5)
-    reviewer.view.value = 'mismatch'
-    caption = reviewer.grid.children[0].children[1].value
-    assert 'given: <b>' in caption and 'predicted: <b' in caption and '%' in caption and 'loss ' in caption
-    assert {r['split'] for r in reviewer.review.rows} == {'train', 'valid'}
-    marked = reviewer.grid.children[0].children[2]
-    marked.value = 'delete'
-    reviewer.split.value = 'valid'
-    assert all(r['split'] == 'valid' for r in reviewer.shown)
-    reviewer.split.value = 'train'
-    reviewer.split.value = '(all)'
-    assert reviewer.grid.children[0].children[2].value == 'delete' and reviewer.value == [Decision(marked.path, 'delete')]
-    # The review goes straight into a clean: relabel the mislabeled to their real class, quarantine the copies.
-    decisions = tmp_path/'decisions.csv'
-    decisions.write_text('path,action,new_label\n' +
-                         ''.join(f"{p},relabel,{p.split('/')[1].split('-')[1]}\n" for p in mislabeled) +
-                         ''.join(f'{c},delete,\n' for c in copies))
-    before = files(dataset)
-    assert main(['clean', str(dataset), '--apply', str(decisions)]) == 0
-    assert len(list((dataset/QUARANTINE_DIR).rglob('*.jpg'))) == 5
-    assert main(['clean', str(dataset), '--undo']) == 0
-    assert files(dataset) == before
-
-
-@pytest.mark.slow
-def test_review_out_of_fold_judges_every_photo_once(bears_dir, tmp_path, capsys):
-    """`folds=2`: two short fine-tunes, each predicting the half it did not train on."""
-    dataset = small_dataset(bears_dir, tmp_path/'bears', per_class=8, manifest=False)
-    result = review(dataset, folds=2, size=64, progress=True)
-    printed = capsys.readouterr().out
-    assert printed.count('fine-tuning on 12 photos, predicting 12') == 2
-    assert result.source == '2-fold out-of-fold predictions, efficientnet_lite0 at 64 px'
-    assert len(result.rows) == 24 and all(r['split'] == 'out-of-fold' and r['predicted'] and r['loss'] != ''
-                                          for r in result.rows)

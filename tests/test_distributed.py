@@ -10,7 +10,7 @@ from pictaxon.train import sample_dataset
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
-TRAIN = ['train', '--epochs', '1', '--size', '64', '--batch-size', '8', '--micro-batch', '8', '--valid-pct', '0.3',
+TRAIN = ['train', '--epochs', '3', '--size', '96', '--batch-size', '8', '--micro-batch', '8', '--valid-pct', '0.3',
          '--seed', '42']
 
 
@@ -22,7 +22,7 @@ def run(command, **kwargs):
 
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
-    return sample_dataset(tmp_path_factory.mktemp('data') / 'sample', per_class=20)
+    return sample_dataset(tmp_path_factory.mktemp('data') / 'sample', per_class=30)
 
 
 @pytest.mark.slow
@@ -38,7 +38,9 @@ def test_two_cpu_processes_write_one_model_as_good_as_one_process(dataset, tmp_p
     assert single['processes'] == 1 and double['processes'] == 2
     assert single['device'] == double['device'] == 'cpu' and double['mixed_precision'] is False
     assert double['n_valid'] == single['n_valid'] and double['valid_files'] == single['valid_files']
-    # 12 validation photos: one photo is 8 points; two processes see the same photos in half the steps
+    print(f"\none process: valid accuracy {single['valid_accuracy']:.3f} in {single['training_seconds']} s; "
+          f"two processes: {double['valid_accuracy']:.3f} in {double['training_seconds']} s ({single['n_valid']} valid photos)")
+    # 18 validation photos: one photo is 6 points; two processes see the same photos in half the steps
     assert abs(double['valid_accuracy'] - single['valid_accuracy']) <= 0.25
     assert double['valid_accuracy'] >= 0.5
     from pictaxon.serving import load_predictor, predict

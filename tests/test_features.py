@@ -41,15 +41,17 @@ def test_features_of_every_photo_with_labels_and_relative_files(photos):
     assert np.isfinite(fs.features).all() and fs.features.std() > 0
 
 
-def test_only_new_photos_are_computed(photos):
-    from pictaxon.features import dataset_features
-    first = dataset_features(photos, progress=False)
-    again = dataset_features(photos, progress=False)
+def test_only_new_photos_are_computed(photos, tmp_path):
+    from pictaxon.features import dataset_features, FeatureCache
+    cache = FeatureCache(tmp_path / 'cache')               # empty: the machine-wide one may know these photos
+    first = dataset_features(photos, progress=False, cache=cache)
+    assert first.computed == 16
+    again = dataset_features(photos, progress=False, cache=cache)
     assert again.computed == 0 and np.array_equal(again.features, first.features)
     for i in range(3):
         Image.open(photos / 'cat' / f'00{i}.jpg').rotate(90).save(photos / 'cat' / f'new{i}.jpg')
     shutil.move(photos / 'cat' / '005.jpg', photos / 'coffee' / 'moved.jpg')     # relabelled: same bytes, cached
-    after = dataset_features(photos, progress=False)
+    after = dataset_features(photos, progress=False, cache=cache)
     assert after.computed == 3 and len(after) == 19
     assert after.labels[after.files.index('coffee/moved.jpg')] == 1
 

@@ -496,3 +496,37 @@ def test_pdfs_from_your_folder_become_page_photos(tmp_path, samples):
     pages[0].save(many / 'cat' / 'long.pdf', save_all=True, append_images=pages[:1] * 5)
     gather(tmp_path / 'e', from_folder=many, progress=False, max_pages=3)
     assert statuses(tmp_path / 'e')[str((many / 'cat' / 'long.pdf').resolve())] == 'rejected:too_many_pages'
+
+
+def test_gather_and_clean_at_the_same_time_keep_manifest_and_files_in_step(tmp_path):
+    """Item 5, as it happens: a gather process downloads while this process applies and undoes cleans on the
+    same dataset; afterwards the manifest agrees with the files and nothing is lost."""
+    photos = sample_photos(8)                                   # 32 photos, 4 classes
+    names = sorted(photos)
+    dest = tmp_path / 'd'
+    with PhotoServer(photos, latency=0.03) as server:
+        first = write_urls(tmp_path / 'a.csv', [(n.split('-')[0], f'{server.url}/photo/{n}') for n in names[::2]])
+        gather(dest, urls_file=first, progress=False, allow_private=True)
+        second = write_urls(tmp_path / 'b.csv', [(n.split('-')[0], f'{server.url}/photo/{n}') for n in names[1::2]])
+        process = subprocess.Popen([sys.executable, '-m', 'pictaxon.cli', 'gather', str(dest), '--urls', str(second),
+                                    '--workers', '2', '--allow-private-addresses'],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cleans = 0
+        while process.poll() is None:
+            kept = sorted(p.relative_to(dest).as_posix() for p in dest.glob('*/*.jpg') if p.parent.name != '.quarantine')
+            if len(kept) < 6: undo(dest, all=True); continue     # keep some photos to clean
+            i = cleans % len(kept)
+            apply_decisions(dest, [(kept[i], 'delete'), (kept[(i + 1) % len(kept)], 'relabel', 'cat')])
+            if cleans % 2: undo(dest)
+            cleans += 1
+            time.sleep(0.05)                 # a person's pace; a loop with no pause would starve gather of the lock
+        out, err = process.communicate()
+    assert process.returncode == 0, err
+    assert cleans >= 2, 'the cleans ran while gather did'
+    files = {p.relative_to(dest).as_posix(): sha256_file(p) for p in dest.rglob('*.jpg')}
+    rows = [r for r in read_manifest(dest) if r['file']]
+    assert sorted(r['file'] for r in rows) == sorted(files)               # one row per file, no row without its file
+    assert all(files[r['file']] == r['sha256'] for r in rows)
+    assert len(files) == len(set(files.values())) == 32                  # every photo once, none lost
+    undo(dest, all=True)
+    assert len({p.parent.name for p in dest.glob('*/*.jpg')} - {'.quarantine'}) == 4

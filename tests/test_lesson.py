@@ -244,6 +244,8 @@ def test_model_upload_takes_an_onnx_and_its_card(tmp_path):
     upload.upload.value = (upload_item('mine.onnx', model), upload_item('mine.json', card_for(model)))
     assert upload.model == tmp_path/'models'/'mine.json' and (tmp_path/'models'/'mine.onnx').read_bytes() == model
     assert 'Open the app' in upload.status.value and upload.upload.value == ()
+    assert lesson.import_model({'a.onnx': model, 'a.json': card_for(model, name='my-model.v2.onnx')}, tmp_path/'m') == tmp_path/'m'/'my-model_v2.json'
+    assert lesson.import_model({'a.onnx': model, 'a.json': card_for(model, name='../../x.onnx')}, tmp_path/'m') == tmp_path/'m'/'x.json'
     other = tiny_onnx(3, side=9)      # another model with the same name: saved beside, never over
     card = json.loads(card_for(other, name='mine.onnx')); card['transforms'] = {'presize': 9}
     assert lesson.import_model({'mine.onnx': other, 'mine.json': json.dumps(card).encode()}, tmp_path/'models') == tmp_path/'models'/'mine-2.json'

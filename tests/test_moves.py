@@ -130,3 +130,14 @@ def test_no_lock_file_is_left_in_the_dataset(dataset, tmp_path):
     undo(dataset)
     hidden = {p.name for p in dataset.iterdir() if p.name.startswith('.')}
     assert hidden <= {'.quarantine'} and not list(dataset.rglob('*.lock'))
+
+
+def test_a_decision_made_on_an_older_view_follows_its_photo(dataset):
+    """A decision names a photo where someone saw it; if a clean moved it since, it applies where it is now."""
+    before = files(dataset)
+    cat = photo(dataset, 'cat')
+    [step] = apply_decisions(dataset, [(cat, 'relabel', 'rocket')]).steps
+    report = apply_decisions(dataset, [(cat, 'delete')])               # seen in cat/ before the relabel
+    assert [(s['source'], s['destination'].split('/')[0]) for s in report.steps] == [(step['destination'], '.quarantine')]
+    undo(dataset, all=True)
+    assert files(dataset) == before

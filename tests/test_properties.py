@@ -41,7 +41,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp('world')
     (root / 'killed_apply.py').write_text(KILLED_APPLY)
     with PhotoServer(photos) as server:
-        yield {'photos': photos, 'server': server, 'script': root / 'killed_apply.py'}
+        yield World(photos=photos, server=server, script=root / 'killed_apply.py')
 
 
 def on_disk(dataset) -> dict:
@@ -51,6 +51,11 @@ def on_disk(dataset) -> dict:
 
 def kept_photos(dataset) -> list:
     return sorted(f for f in on_disk(dataset) if not f.startswith(QUARANTINE_DIR + '/'))
+
+
+class World(dict):
+    "The shared fixtures; a short repr, so that a failing example prints readably."
+    def __repr__(self): return f'<world: {len(self["photos"])} photos served at {self["server"].url}>'
 
 
 class Checker:
@@ -138,9 +143,9 @@ def run_example(world, plan, steps):
             if kind in ('relabel', 'delete'):
                 d = decision(dataset, args[0], args[1] if kind == 'relabel' else 'delete')
                 if d: apply_decisions(dataset, [d])
-            elif kind == 'batch':
-                batch = [d for d in (decision(dataset, i, t) for i, t in args[0]) if d]
-                apply_decisions(dataset, batch + batch[:1])           # a duplicated row too
+            elif kind == 'batch':                                      # one decision a photo, plus a duplicated row
+                batch = list({d[0]: d for d in (decision(dataset, i, t) for i, t in args[0]) if d}.values())
+                apply_decisions(dataset, batch + batch[:1])
             elif kind == 'killed':
                 batch = list({d[0]: d for d in (decision(dataset, i, t) for i, t in args[0]) if d}.values())
                 done = subprocess.run([sys.executable, str(world['script']), str(dataset), str(args[1]), json.dumps(batch)],

@@ -117,6 +117,10 @@ def test_parts_round_trip_and_resume_keys(tmp_path, fmt):
     first, second = write_part(out, rows[:1], fmt), write_part(out, rows[1:], fmt)
     assert [first.name, second.name] == [f'part-00000.{fmt}', f'part-00001.{fmt}']
     assert done_paths(out) == {'=cmd|x.jpg', 'doc.pdf'}
+    both = tmp_path / 'both'                     # present and missing values in one part
+    write_part(both, rows, fmt)
+    assert read_results(both).to_json(orient='records') == read_results(out).to_json(orient='records')
+    assert read_results(both)['label'].tolist() == ['grizzly', None] and read_results(both)['error'].tolist()[0] is None
     table = read_results(out)
     assert table['path'].tolist() == ['=cmd|x.jpg', 'doc.pdf'] and table['label'].tolist()[0] == 'grizzly'
     assert table['page'].tolist()[1] == 2 and table['probability'].tolist()[0] == pytest.approx(0.9)

@@ -249,3 +249,8 @@ def test_pdf_pages_are_predicted_one_by_one(model, photos, tmp_path):
     assert [(r['page'], r['pages'], r['label']) for r in rows] == [(1, 3, 'cat'), (2, 3, 'coffee'), (3, 3, 'cat')]
     table = _run('predict', model, folder).stdout
     assert 'scan.pdf#page=2  a cup of coffee' in table
+
+
+def test_an_engine_that_does_not_exist_is_named(model):
+    with pytest.raises(ModelLoadError, match=r"There is no engine 'tensorflow'; pictaxon runs models with onnx, torch, fastai"):
+        load_predictor(model, engine='tensorflow')

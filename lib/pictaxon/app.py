@@ -99,11 +99,14 @@ class ResultCard(widgets.VBox):
         self.wrong_button = widgets.Button(description='Wrong label?', tooltip='Tell us the right class',
                                            layout=widgets.Layout(display='none', width='auto'))
         self.wrong_button.add_class('pictaxon-wrong')
-        self.correction = widgets.Dropdown(options=[], value=None, layout=widgets.Layout(width='auto', flex='1 1 auto'))
+        self.correction = widgets.Dropdown(options=[], value=None,
+                                           layout=widgets.Layout(width='auto', flex='1 1 auto', min_width='0'))
         self.save_button = widgets.Button(description='Save', button_style='primary', disabled=True,
-                                          layout=widgets.Layout(width='auto'))
+                                          layout=widgets.Layout(width='auto', flex='0 0 auto'))
         self.save_button.add_class('pictaxon-save')
-        self.correction_row = widgets.HBox([self.correction, self.save_button], layout=widgets.Layout(display='none'))
+        ask = widgets.HTML('<div class="pictaxon-ask">What does it show?</div>')
+        self.correction_row = widgets.VBox([ask, widgets.HBox([self.correction, self.save_button])],
+                                           layout=widgets.Layout(display='none'))
         self.note = widgets.HTML('')
         self.wrong_button.on_click(lambda _: self.open_correction())
         self.correction.observe(lambda change: setattr(self.save_button, 'disabled', change['new'] is None), names='value')
@@ -255,7 +258,7 @@ STYLE = '''<style>
 .pictaxon-help, .pictaxon-model { color: #555; line-height: 1.45; margin: 2px 0 8px; }
 .pictaxon-model { font-size: 0.9em; }
 .pictaxon-controls { gap: 8px; align-items: center; flex-wrap: wrap; margin: 4px 0 8px; }
-.pictaxon-results { display: flex; flex-flow: row wrap; gap: 12px; }
+.pictaxon-results { display: flex; flex-flow: row wrap; gap: 12px; align-items: flex-start; }
 .pictaxon-card { width: 250px; max-width: 100%; box-sizing: border-box; padding: 10px; border: 1px solid #e3e3e3;
                  border-radius: 10px; background: #fff; box-shadow: 0 1px 2px rgba(0,0,0,.05); }
 .pictaxon-thumb { display: block; border-radius: 6px; margin: 0 0 4px; }
@@ -264,12 +267,13 @@ STYLE = '''<style>
 .pictaxon-name { color: #888; font-size: 0.8em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .pictaxon-page { color: #555; }
 .pictaxon-label { font-size: 1.35em; font-weight: 600; margin: 2px 0 4px; overflow-wrap: anywhere; }
-.pictaxon-label.pictaxon-unknown { font-size: 1.1em; color: #7a4b00; }
+.pictaxon-label.pictaxon-unknown { font-size: 1em; color: #7a4b00; }
 .pictaxon-closest { color: #555; margin: 0 0 4px; overflow-wrap: anywhere; }
 .pictaxon-probability { color: #666; font-weight: 400; font-size: 0.8em; }
 .pictaxon-busy { color: #888; font-style: italic; margin: 6px 0; }
 .pictaxon-error { color: #a33; line-height: 1.4; margin: 4px 0; }
 .pictaxon-saved { color: #2a6e3f; margin: 4px 0; }
+.pictaxon-ask { color: #555; font-size: 0.85em; margin: 2px 0; }
 .pictaxon-bar { display: flex; align-items: center; gap: 6px; font-size: 0.85em; margin: 3px 0; line-height: 1.25; }
 .pictaxon-bar-name { flex: 0 0 38%; overflow-wrap: anywhere; }
 .pictaxon-bar-track { flex: 1 1 auto; height: 8px; background: #eee; border-radius: 4px; overflow: hidden; }
@@ -406,7 +410,7 @@ class ClassifierApp(widgets.VBox):
                                            layout=widgets.Layout(width='auto'))
         self.status = widgets.HTML('')
         self.model_info = widgets.HTML('<div class="pictaxon-model pictaxon-busy">Loading the model…</div>')
-        self.results = widgets.Box([], layout=widgets.Layout(display='flex', flex_flow='row wrap'))
+        self.results = widgets.Box([], layout=widgets.Layout(display='flex', flex_flow='row wrap', align_items='flex-start'))
         self.results.add_class('pictaxon-results')
         controls = widgets.HBox([self.upload, self.clear_button, self.status])
         controls.add_class('pictaxon-controls')
@@ -464,6 +468,10 @@ class ClassifierApp(widgets.VBox):
     def from_path(cls, model_path=None, *, background: bool = False, **kwargs) -> 'ClassifierApp':
         "The app for the model at `model_path`; with `background`, the page is usable while the model loads."
         app = cls(**kwargs)
+        try: model_path = model_path or model_from_query()    # Voila: the page address's ?model=
+        except PictaxonError as e:
+            app.set_model(error=str(e))
+            return app
         app.load(model_path, background=background)
         return app
 
@@ -484,6 +492,7 @@ class ClassifierApp(widgets.VBox):
         try: files = uploaded_files(change['new'])
         finally: self.upload.value = ()       # the widget's copy goes now: the cards keep the only one
         self.classify(files)
+        release_memory()                      # decoded photos and pages are freed by now: give the memory back
 
     def _new_card(self, name, content, **page) -> ResultCard:
         return ResultCard(name, content, on_feedback=self._save_feedback, names=self.names, **page)

@@ -13,8 +13,8 @@ from .core import PictaxonError
 __all__ = ['VERBS', 'verb', 'add_gather_arguments', 'run_gather', 'add_review_arguments', 'run_review', 'add_clean_arguments',
            'run_clean', 'add_train_arguments', 'run_train', 'add_predict_arguments', 'expand_images',
            'prediction_source', 'format_prediction', 'prediction_record', 'run_predict', 'add_bulk_predict_arguments',
-           'run_bulk_predict', 'add_app_arguments', 'run_app', 'add_serve_arguments', 'run_serve', 'build_parser',
-           'main']
+           'run_bulk_predict', 'add_app_arguments', 'run_app', 'add_serve_arguments', 'run_serve',
+           'add_export_web_arguments', 'run_export_web', 'build_parser', 'main']
 
 # %% ../../notebooks/06_cli.ipynb #f3c751b9
 VERBS: dict = {}
@@ -82,26 +82,25 @@ def run_gather(args) -> int:
 def add_review_arguments(parser):
     parser.add_argument('dataset', help='dataset folder (DATASET/<class>/*.jpg) to review')
     parser.add_argument('--model', metavar='MODEL',
-                        help='model file from `pictaxon train`; its predictions judge the labels (without it and '
-                             'without --folds only duplicates and photo quality are checked)')
+                        help='judge the labels with this model from `pictaxon train` (its card says which photos it '
+                             'trained on); without it every photo is judged out-of-fold, by heads on the cached frozen '
+                             'features that never saw it (the default, seconds)')
     parser.add_argument('--out', default='review.csv', metavar='FILE.csv',
                         help='where to write the ranked suspects, to edit and pass to `pictaxon clean --apply` '
                              '(default: review.csv)')
     parser.add_argument('--top', type=int, default=20, metavar='N', help='how many suspects to print (default: 20)')
-    parser.add_argument('--folds', type=int, default=0, metavar='K',
-                        help='judge every photo by a model that never saw it: K short fine-tunes, each on the other '
-                             'K-1 folds (slower; catches labels the model memorised; default: off)')
-    parser.add_argument('--epochs', type=int, default=1, metavar='N', help='epochs of each --folds fine-tune (default: 1)')
-    parser.add_argument('--size', type=int, default=None, metavar='PX',
-                        help="image size of each --folds fine-tune (default: the model's, else 160)")
+    parser.add_argument('--folds', type=int, default=5, metavar='K', help='folds of the out-of-fold judgement (default: 5)')
+    parser.add_argument('--relabel-at', type=float, default=0.9, metavar='P',
+                        help='suggest a relabel only when cleanlab flags the label and the judging model is at least '
+                             'this sure of another class; otherwise the row says "check" (default: 0.9)')
     parser.add_argument('--near-threshold', type=int, default=4, metavar='BITS',
                         help='perceptual-hash distance at or under which two photos count as duplicates (default: 4)')
 
-@verb('review', 'rank the suspect photos of a dataset (wrong label, duplicate, low quality) with reasons',
+@verb('review', 'rank the suspect photos of a dataset (wrong label, duplicate, odd photo) with reasons',
       add_review_arguments)
 def run_review(args) -> int:
-    from pictaxon.clean import review
-    result = review(args.dataset, args.model, folds=args.folds, epochs=args.epochs, size=args.size,
+    from pictaxon.review import review
+    result = review(args.dataset, args.model, folds=args.folds, relabel_at=args.relabel_at,
                     near_threshold=args.near_threshold, progress=True)
     print(result.table(args.top))
     out = result.to_csv(args.out)
@@ -164,6 +163,7 @@ def add_train_arguments(parser):
 @verb('train', 'train a classifier on a dataset folder (--quick: in seconds); write the model, its card and a report',
       add_train_arguments)
 def run_train(args) -> int:
+    from pathlib import Path
     from pictaxon.features import model_stem, read_valid_files
     stem = model_stem(args.out)
     valid_files, valid_sha256 = read_valid_files(args.valid_from) if args.valid_from else (None, None)
@@ -174,14 +174,18 @@ def run_train(args) -> int:
         print(result.evaluation.table())
         print(f'Wrote {result.path}, {stem.name}.onnx and {result.report}/')
         return 0
-    from pictaxon.train import train, write_report
+    from pictaxon.train import train, write_report, is_main_process
     from pictaxon.export import export_model
     learn = train(args.dataset, arch=args.arch, epochs=args.epochs, lr=args.lr, seed=args.seed, size=args.size,
                   valid_pct=args.valid_pct, batch_size=args.batch_size, micro_batch=args.micro_batch,
                   pretrained=not args.no_pretrained, valid_files=valid_files, valid_sha256=valid_sha256)
+    if not is_main_process(): return 0      # under `accelerate launch`, the main process alone writes
     print(learn.evaluation.table())
     model = export_model(learn, stem.with_name(stem.name + '.pkl'))
     report = write_report(learn, stem.with_name(stem.name + '_report'))
+    # "None of these", calibrated on the fine-tuned network's own features of the training photos.
+    from pictaxon.export import calibrate_unknown
+    calibrate_unknown(model, args.dataset, files=[Path(f).relative_to(args.dataset).as_posix() for f in learn.dls.train_ds.items])
     print(f'Wrote {model.with_suffix(".json")} (with {model.name}) and {report}/')
     return 0
 
@@ -307,6 +311,19 @@ def run_serve(args) -> int:
     from pictaxon.api import serve
     serve(args.model, host=args.host, port=args.port, workers=args.workers, max_pending=args.max_pending,
           max_request_bytes=int(args.max_request_mb * 1024**2))
+    return 0
+
+# %% ../../notebooks/06_cli.ipynb #e7b0c1a2
+def add_export_web_arguments(parser):
+    parser.add_argument('model', metavar='MODEL', help='model to put in the page (MODEL.json with MODEL.onnx beside it)')
+    parser.add_argument('dir', metavar='DIR', help='folder to write: index.html, the model, ONNX Runtime Web')
+    parser.add_argument('--title', metavar='TEXT', help='the page\'s heading (default: "Is it A, B or C?")')
+
+@verb('export-web', 'write a static web page that classifies photos in the browser, no server needed', add_export_web_arguments)
+def run_export_web(args) -> int:
+    from pictaxon.web import export_web
+    index = export_web(args.model, args.dir, title=args.title)
+    print(f'wrote {index}; serve its folder (e.g. `python -m http.server -d {index.parent}`) and open it in a browser')
     return 0
 
 # %% ../../notebooks/06_cli.ipynb #e926183e

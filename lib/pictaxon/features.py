@@ -33,22 +33,9 @@ def extractor_path() -> Path:
     return cache_dir()/f'{EXTRACTOR}.onnx'
 
 # %% ../../notebooks/02_features.ipynb #b6e434db
-try: from pictaxon.serving import square_crops
-except ImportError:   # the serving module is being written alongside; same arithmetic as export.portable_batch
-    def square_crops(images, presize: int) -> np.ndarray:
-        "The centre square of each RGB PIL image, resized to `presize` (bilinear), as uint8 (N, presize, presize, 3)."
-        from PIL import Image
-        squares = []
-        for image in images:
-            w, h = image.size
-            scale = w / presize if w / presize < h / presize else h / presize
-            side = int(scale * presize)
-            left, top = int(0.5 * (w - side)), int(0.5 * (h - side))
-            square = image.crop((left, top, min(left + side, w), min(top + side, h)))
-            squares.append(np.asarray(square.resize((presize, presize), Image.Resampling.BILINEAR), dtype=np.uint8))
-        return np.stack(squares) if squares else np.zeros((0, presize, presize, 3), np.uint8)
+from .serving import square_crops
 
-# %% ../../notebooks/02_features.ipynb #5f346acf
+# %% ../../notebooks/02_features.ipynb #597e31be
 def build_extractor(path=None) -> Path:
     "Export the frozen EfficientNet-Lite0 body (uint8 NHWC 'images' in, (N, 1280) 'features' out) to `path`."
     path = Path(path or extractor_path())
@@ -78,7 +65,7 @@ def build_extractor(path=None) -> Path:
                           dynamic_axes={'images': {0: 'n'}, 'features': {0: 'n'}}, opset_version=17, dynamo=False)
     return atomic_write(path, buffer.getvalue())
 
-# %% ../../notebooks/02_features.ipynb #597e31be
+# %% ../../notebooks/02_features.ipynb #4183d1aa
 def _session(path, threads: int):
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -107,7 +94,7 @@ class FeatureExtractor:
         "Features of a list of RGB PIL images."
         return self.run(square_crops(images, self.presize))
 
-# %% ../../notebooks/02_features.ipynb #6a66c1dd
+# %% ../../notebooks/02_features.ipynb #c0e92736
 class FeatureCache:
     "Feature vectors on disk, one `.npy` per photo sha256, under `cache_dir()/features/EXTRACTOR`."
     def __init__(self, root=None):
@@ -127,7 +114,7 @@ class FeatureCache:
         np.save(buffer, np.asarray(vector, dtype=np.float32))
         atomic_write(self.path(sha256), buffer.getvalue(), sync=False)   # a lost write is only recomputed
 
-# %% ../../notebooks/02_features.ipynb #dd072396
+# %% ../../notebooks/02_features.ipynb #773ebf66
 @dataclass
 class FeatureSet:
     "The photos of a dataset with their features: `files` are dataset-relative posix paths, `labels` index `classes`."
@@ -148,7 +135,7 @@ class FeatureSet:
         return (f"FeatureSet({len(self)} photos of {len(self.classes)} classes {self.classes}, "
                 f"{self.features.shape[1]} features; {self.computed} computed, {len(self.skipped)} skipped)")
 
-# %% ../../notebooks/02_features.ipynb #773ebf66
+# %% ../../notebooks/02_features.ipynb #bbbf8462
 def class_names(dataset, classes) -> list[str]:
     "The names people wrote for each class folder (the manifest's `class` column), defaulting to the folder name."
     named = {}
@@ -200,7 +187,7 @@ def dataset_features(dataset, progress: bool = True, *, extractor: FeatureExtrac
               + (f", {len(skipped)} unusable" if skipped else '') + f" ({time.time() - start:.1f} s)")
     return result
 
-# %% ../../notebooks/02_features.ipynb #6dff4ce7
+# %% ../../notebooks/02_features.ipynb #29c6fb46
 def _relative(path, dataset) -> str:
     path = Path(path)
     if dataset is not None and path.is_absolute():
@@ -241,7 +228,7 @@ def read_valid_files(card) -> tuple[list[str], list[str] | None]:
                             "retrain it once, or use --valid-pct.")
     return list(card['valid_files']), card.get('valid_sha256')
 
-# %% ../../notebooks/02_features.ipynb #2f4d1587
+# %% ../../notebooks/02_features.ipynb #a6e7c5a0
 QUICK_C = 0.1      # inverse regularisation as in scikit-learn; 0.05-1 give the same bears and houseplants accuracy
 
 @dataclass
@@ -285,8 +272,8 @@ def fit_head(features, labels, n_classes: int, *, C: float = QUICK_C) -> Head:
     weight[present], bias[present] = (w / std[:, None]).T, b - mean @ (w / std[:, None])
     return Head(weight, bias)
 
-# %% ../../notebooks/02_features.ipynb #c6f13dce
-def quick_onnx(head: Head, extractor_file=None) -> bytes:
+# %% ../../notebooks/02_features.ipynb #d8e8a975
+def quick_onnx(head: Head, *, classes, class_names=None, extractor_file=None) -> bytes:
     "The serialised ONNX model: the extractor's graph, then `probabilities = softmax(features @ W.T + b)`."
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -300,9 +287,12 @@ def quick_onnx(head: Head, extractor_file=None) -> bytes:
     probabilities = helper.make_tensor_value_info('probabilities', TensorProto.FLOAT, ['n', len(head.bias)])
     del graph.output[:]
     graph.output.extend([probabilities, features])
+    meta = {'classes': [str(c) for c in classes], 'class_names': [str(c) for c in (class_names or classes)],
+            'transforms': QUICK_TRANSFORMS, 'format': 'pictaxon-onnx-1'}     # what export.export_onnx records
+    helper.set_model_props(model, {'pictaxon': json.dumps(meta)})
     return model.SerializeToString()
 
-# %% ../../notebooks/02_features.ipynb #affbde73
+# %% ../../notebooks/02_features.ipynb #f9b62dde
 def model_stem(out) -> Path:
     "`out` without a model file's extension: NAME for NAME.json, NAME.onnx, NAME.pkl, NAME.pt or NAME."
     out = Path(out)
@@ -327,7 +317,7 @@ class QuickModel:
     report: Path | None
     def __repr__(self): return f"QuickModel({self.path.name}, valid accuracy {self.card['valid_accuracy']:.1%})"
 
-# %% ../../notebooks/02_features.ipynb #f9b62dde
+# %% ../../notebooks/02_features.ipynb #f6037234
 def train_quick(dataset, out, *, valid_pct: float = 0.2, seed: int = 42, valid_files=None, valid_sha256=None,
                 C: float = QUICK_C, report: bool = True, progress: bool = True) -> QuickModel:
     "Fit a head on the cached frozen features of `dataset`; write OUT.onnx, OUT.json and OUT_report/."
@@ -350,7 +340,7 @@ def train_quick(dataset, out, *, valid_pct: float = 0.2, seed: int = 42, valid_f
     evaluation = Evaluation.from_probabilities(fs.classes, [fs.paths[i] for i in valid],
                                                head.probabilities(fs.features[valid]), fs.labels[valid])
     onnx_path, card_path = stem.with_name(stem.name + '.onnx'), stem.with_name(stem.name + '.json')
-    engine = quick_onnx(head)
+    engine = quick_onnx(head, classes=fs.classes, class_names=fs.class_names)
     atomic_write(onnx_path, engine)
     from pictaxon.core import sha256_bytes
     card = {

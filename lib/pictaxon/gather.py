@@ -75,9 +75,11 @@ def search_images(query: str, max_results: int, *, client=None, retries: int = 4
             outcome = _search_outcome(error)
             if outcome == 'empty': return []
             if _offline(error, network_check):
-                raise NoNetwork(f'No network: the image search could not be reached ({str(error)[:120]}); connect to the '
-                                'internet and run the same command again, or gather your own photos with --from-folder '
-                                'DIR or a list with --urls FILE.csv.') from None
+                cause = 'its name could not be looked up' if any(s in str(error).lower() for s in ('dns', 'resolv', 'name or'))\
+                        else 'no connection could be made'
+                raise NoNetwork(f'No network: the image search could not be reached ({cause}); connect to the internet and '
+                                'run the same command again, or gather your own photos with --from-folder DIR or a list '
+                                'with --urls FILE.csv.') from None
             if outcome == 'fail' or attempt == retries:
                 raise SearchFailed(f'Image search for {query!r} failed after {attempt + 1} attempts '
                                    f'({type(error).__name__}: {error}). Search engines rate-limit free use: '

@@ -13,8 +13,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .core import PictaxonError
 
 # %% auto #0
-__all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_BYTES', 'ACCEPTED_FORMATS', 'DEEP_MODES', 'DEFAULT_MAX_PDF_BYTES', 'BadImage',
-           'describe_non_image', 'to_rgb', 'reduce_factor', 'open_image', 'is_pdf', 'pdf_pages', 'shrink', 'jpeg_bytes']
+__all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_BYTES', 'JPEG_DRAFT_PIXELS', 'ACCEPTED_FORMATS', 'DEEP_MODES',
+           'DEFAULT_MAX_PDF_BYTES', 'BadImage', 'describe_non_image', 'to_rgb', 'reduce_factor', 'open_image', 'is_pdf',
+           'pdf_pages', 'shrink', 'jpeg_bytes']
 
 # %% ../../notebooks/00_images.ipynb #4524d8cb
 class BadImage(PictaxonError):
@@ -25,6 +26,7 @@ class BadImage(PictaxonError):
 
 DEFAULT_MAX_PIXELS = 90_000_000   # a 108-megapixel phone photo is ~108M; larger is almost always a bomb
 DEFAULT_MAX_BYTES = 20 * 1024**2
+JPEG_DRAFT_PIXELS = 50_000_000   # larger JPEGs are decoded at 1/2..1/8 scale when a caller passes draft_size
 ACCEPTED_FORMATS = {'JPEG', 'PNG', 'GIF', 'WEBP', 'BMP', 'TIFF', 'MPO', 'AVIF', 'HEIF'}
 
 try:
@@ -158,7 +160,8 @@ def open_image(source, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int =
                        'pixel limit; it is either a decompression bomb or far larger than any photo needs.')
     if min_side and min(width, height) < min_side:
         raise BadImage('too_small', f'This image is {width}x{height}; photos need at least {min_side} pixels a side.')
-    if draft_size and image.format == 'JPEG': image.draft('RGB', (draft_size, draft_size))
+    if draft_size and image.format == 'JPEG' and width * height > JPEG_DRAFT_PIXELS:
+        image.draft('RGB', (draft_size, draft_size))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)

@@ -8,7 +8,7 @@ opens the app on *your* model, and the way a model and its dataset leave Binder 
 
 # %% ../../notebooks/10_lesson.ipynb #e91c3b6d
 from __future__ import annotations
-import base64, html, io, json, os, stat, tempfile, zipfile
+import base64, html, io, json, os, re, stat, tempfile, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
@@ -17,7 +17,7 @@ import numpy as np
 import ipywidgets as widgets
 from PIL import Image, ImageEnhance
 from .core import (PictaxonError, MANIFEST_NAME, atomic_write, class_folders, dataset_lock, image_files,
-                   read_manifest, sha256_bytes, sha256_file, slugify, write_manifest)
+                   read_manifest, sha256_bytes, sha256_file, write_manifest)
 from .gather import GatherReport, NoNetwork, gather, network_reachable
 
 # %% auto #0
@@ -245,6 +245,8 @@ class PhotoSource(widgets.VBox):
         self.status.value = f'<p><b>{html.escape(self.status_text)}</b></p>'
 
     def __repr__(self): return '\n'.join(filter(None, [self.message_text, self.status_text]))
+    def _repr_mimebundle_(self, **kwargs):     # ipywidgets cuts the text to 110 characters: a saved notebook shows it all
+        return {**(super()._repr_mimebundle_(**kwargs) or {}), 'text/plain': repr(self)}
 
     def receive(self, name: str, content: bytes) -> GatherReport | None:
         "Import an uploaded zip into `upload_to` and use that folder from now on (None when refused)."
@@ -487,7 +489,7 @@ def import_model(files: dict, folder='models') -> Path:
         raise ModelImportError("The .onnx file is not the one its card describes (the sha256 differs): upload the "
                                'two files that were downloaded together.')
     _check_onnx(bytes(onnx[0]), card)
-    stem = slugify(Path(card['files']['onnx'].get('name') or 'model').stem) or 'model'
+    stem = re.sub(r'[^A-Za-z0-9_-]+', '_', Path(card['files']['onnx'].get('name') or 'model').stem).strip('_') or 'model'
     folder = Path(folder)
     while (folder/f'{stem}.onnx').exists() and sha256_file(folder/f'{stem}.onnx') != expected: stem += '-2'
     card['files'] = {'onnx': {**card['files']['onnx'], 'name': f'{stem}.onnx'}}   # no other engine came with it
@@ -504,9 +506,13 @@ class ModelUpload(widgets.VBox):
                                          layout=widgets.Layout(width='auto'))
         self.status = widgets.HTML('')
         self.upload.observe(lambda change: self._receive(change['new']), names='value')
-        super().__init__([self.upload, self.status])
+        super().__init__([widgets.HBox([self.upload]), self.status])
 
-    def __repr__(self): return f'ModelUpload(folder={self.folder}): ' + (f'saved {self.model}' if self.model else 'waiting for files')
+    def __repr__(self):
+        return (f'Saved {self.model.as_posix()}.' if self.model else
+                f'[Upload NAME.onnx + NAME.json] Choose both files at once; once checked they are saved in {self.folder.as_posix()}/.')
+    def _repr_mimebundle_(self, **kwargs):
+        return {**(super()._repr_mimebundle_(**kwargs) or {}), 'text/plain': repr(self)}
 
     def receive(self, files: dict) -> Path | None:
         "Check and save uploaded files `{name: bytes}`; shows what happened, returns the card's path or None."

@@ -156,6 +156,16 @@ def _done_before(log: list[dict], decision: Decision) -> bool:
                (decision.action == 'relabel' and target[0] == decision.new_label)
     return False
 
+def _where_now(log: list[dict], path: str) -> str | None:
+    "Where the photo that was at `path` is now, following every committed move in the log (None: back or never moved)."
+    committed = {r['batch'] for r in log if r.get('event') == 'commit'}
+    current = path
+    for record in log:
+        if record.get('event') == 'begin' and record['batch'] in committed:
+            for step in record['steps']:
+                if step['source'] == current: current = step['destination']
+    return None if current == path else current
+
 def plan_changes(dataset, decisions) -> list[dict]:
     "The moves that carry out `decisions` in `dataset`, checked before anything moves."
     dataset = Path(dataset)
@@ -175,8 +185,15 @@ def plan_changes(dataset, decisions) -> list[dict]:
         if folder == QUARANTINE_DIR: raise CleaningError(f'{source} is in the quarantine already; undo the clean that put it there instead.')
         if not (dataset/source).is_file():
             if _done_before(log, decision): continue       # applying the same decisions twice changes nothing
-            raise CleaningError(f'There is no photo at {dataset/source}; it may have been moved by hand or by another '
-                                'clean (see cleaning_log.jsonl). Remove that row and try again.')
+            now = _where_now(log, source)                   # decided on an older view: an apply or undo moved it since
+            if now is None or not (dataset/now).is_file():
+                raise CleaningError(f'There is no photo at {dataset/source}; it may have been moved by hand or by another '
+                                    'clean (see cleaning_log.jsonl). Remove that row and try again.')
+            source, folder = now, now.split('/')[0]
+            if decision.action == 'delete' and folder == QUARANTINE_DIR: continue
+            if folder == QUARANTINE_DIR: raise CleaningError(f'{decision.path} was moved to {now} since; undo that clean first.')
+            if decision.action == 'relabel' and decision.new_label == folder: continue
+            decision = Decision(source, decision.action, decision.new_label)
         if decision.action == 'relabel':
             destination = Path(_check_label(dataset, decision.new_label))/Path(source).name
         else: destination = Path(quarantine_path(source))

@@ -66,8 +66,8 @@ def _inspect(path: Path) -> dict:
     data = path.read_bytes()                    # read once: hashed, then decoded
     info = {'sha256': sha256_bytes(data)}
     try:
+        image = open_image(data, draft_size=512)       # first: its errors say what the file is instead
         with Image.open(io.BytesIO(data)) as header: width, height = header.size
-        image = open_image(data, draft_size=512)
     except (BadImage, OSError) as e: return {**info, 'error': str(e)}
     sharpness, brightness, contrast = _grey_measures(image)
     return {**info, 'phash': str(imagehash.phash(image)), 'width': width, 'height': height,
@@ -89,8 +89,8 @@ MIN_SIDE = 64
 # kind: (measure of an inspected photo, the side on which it is odd, the smallest ratio to the median that counts)
 QUALITY_CHECKS = {
     'blurry': (lambda i: math.log1p(i['sharpness']), 'low', 4.0),
-    'dark': (lambda i: math.log1p(i['brightness']), 'low', 3.0),
-    'light': (lambda i: math.log1p(255 - i['brightness']), 'low', 3.0),
+    'dark': (lambda i: math.log1p(i['brightness']), 'low', 8.0),
+    'light': (lambda i: math.log1p(255 - i['brightness']), 'low', 8.0),
     'low_information': (lambda i: math.log1p(i['contrast']), 'low', 3.0),
     'odd_size': (lambda i: math.log(math.sqrt(i['width'] * i['height'])), 'both', 2.5),
     'odd_aspect_ratio': (lambda i: math.log(i['width'] / i['height']), 'both', 2.0),
@@ -221,8 +221,9 @@ class Review:
     def suspects(self) -> list: return [r for r in self.rows if r['reasons']]
 
     def label_ranking(self) -> list:
-        "The judged photos, least likely label first (cleanlab's label-quality score)."
-        return sorted((r for r in self.rows if r['label_quality'] != ''), key=lambda r: (r['label_quality'], r['path']))
+        "The judged photos, least likely label first (cleanlab's label-quality score); those with other trouble last."
+        other = lambda r: any(x.group in ('quality', 'unreadable') for x in r['reasons'])   # shown in the quality view
+        return sorted((r for r in self.rows if r['label_quality'] != ''), key=lambda r: (other(r), r['label_quality'], r['path']))
 
     def to_csv(self, path) -> Path:
         "Write the suspects as a CSV to edit (fill in `action`, `new_label`) and pass to `pictaxon clean --apply`."
@@ -235,6 +236,7 @@ class Review:
 
     def table(self, n: int = 20) -> str:
         "The top `n` suspects as text."
+        if not self.suspects: return f"No suspect photos among the {len(self.rows)} ({self.source})."
         lines = [f"{len(self.suspects)} suspect photos out of {len(self.rows)} ({self.source}); the top {min(n, len(self.suspects))}:"]
         for row in self.suspects[:n]:
             action = row['suggestion'] + (f" -> {row['suggested_label']}" if row['suggested_label'] else '')
@@ -355,13 +357,16 @@ def _assemble(dataset, infos, classes, duplicates, quality, probabilities, split
             row.update(predicted=predicted, confidence=round(float(probs[predicted]), 4))
             if info['given'] not in probs:
                 reasons.append(Reason('unknown_class', f"the model has no class {info['given']}", {'given': info['given']}))
+        odd = quality.get(path, [])
         if verdict is not None and path in position:
             k = position[path]
             row['label_quality'] = round(float(verdict.quality[k]), 4)
             if verdict.issue[k]:
-                if verdict.relabel[k]: row['suggested_label'] = model_classes[verdict.predicted[k]]
-                reasons.append(_label_reason(info['given'], probs, verdict.quality[k], bool(verdict.relabel[k]), model_classes))
-        reasons += quality.get(path, [])
+                # A photo odd for this dataset (dark, blurred...) is one the model judges badly: check, never relabel.
+                relabel = bool(verdict.relabel[k]) and not odd
+                if relabel: row['suggested_label'] = model_classes[verdict.predicted[k]]
+                reasons.append(_label_reason(info['given'], probs, verdict.quality[k], relabel, model_classes))
+        reasons += odd
         _judge_row(row, reasons)
         rows.append(row)
     rows.sort(key=lambda r: (-r['score'], r['label_quality'] if r['label_quality'] != '' else 1, r['path']))

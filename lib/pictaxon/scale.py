@@ -8,7 +8,7 @@ finished and a re-run skips it. With no address a small local Ray starts; with o
 
 # %% ../../notebooks/09_scale.ipynb #d694ed2c
 from __future__ import annotations
-import contextlib, csv, io, json, logging, os, re, sys, tempfile, time
+import contextlib, csv, io, json, logging, os, re, shutil, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -18,8 +18,8 @@ from .api import per_source
 from .serving import load_predictor, predict
 
 # %% auto #0
-__all__ = ['LIST_SUFFIXES', 'BULK_EXTENSIONS', 'COLUMNS', 'list_sources', 'classify_sources', 'read_results', 'done_paths',
-           'write_part', 'model_files', 'BatchClassifier', 'ray_session', 'BulkReport', 'predict_bulk']
+__all__ = ['LIST_SUFFIXES', 'BULK_EXTENSIONS', 'COLUMNS', 'TEXT_COLUMNS', 'list_sources', 'classify_sources', 'read_results',
+           'done_paths', 'write_part', 'model_files', 'BatchClassifier', 'ray_session', 'BulkReport', 'predict_bulk']
 
 # %% ../../notebooks/09_scale.ipynb #7f30d998
 LIST_SUFFIXES = {'.txt', '.csv', '.lst'}
@@ -81,16 +81,19 @@ def _parts(out: Path, fmt: str | None = None) -> list[Path]:
     suffixes = {'.parquet', '.csv'} if fmt is None else {f'.{fmt}'}
     return sorted(p for p in Path(out).glob('part-*') if p.suffix in suffixes)
 
+TEXT_COLUMNS = ['path', 'label', 'name', 'probabilities', 'error']
+
 def _read_part(path: Path):
     import pandas as pd
-    if path.suffix == '.parquet': return pd.read_parquet(path)
-    from pictaxon.core import csv_restore
-    frame = pd.read_csv(path, dtype={'path': str, 'label': str, 'name': str, 'error': str, 'probabilities': str},
-                        keep_default_na=False, na_values={'probability': [''], 'page': ['']})
-    for column in ('path', 'label', 'name', 'error'): frame[column] = frame[column].map(csv_restore).replace('', None)
-    frame['page'] = frame['page'].astype('Int64')
-    frame['unknown'] = frame['unknown'].map({'True': True, 'False': False, '': None})
-    frame['probabilities'] = frame['probabilities'].replace('', None)
+    if path.suffix == '.parquet': frame = pd.read_parquet(path)
+    else:
+        from pictaxon.core import csv_restore
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame[['path', 'label', 'name', 'error']] = frame[['path', 'label', 'name', 'error']].map(csv_restore)
+        frame = frame.replace('', None).astype({'page': 'Int64', 'probability': 'float64'})
+        frame['unknown'] = frame['unknown'].map({'True': True, 'False': False})
+    # missing text is None, whatever pandas' string dtype would make of it
+    frame[TEXT_COLUMNS] = frame[TEXT_COLUMNS].astype(object).where(frame[TEXT_COLUMNS].notna(), None)
     return frame
 
 def read_results(out):
@@ -116,7 +119,7 @@ def write_part(out, rows: list[dict], fmt: str = 'parquet') -> Path:
     frame = pd.DataFrame(rows, columns=COLUMNS).astype({'page': 'Int64', 'probability': 'float64'})
     if fmt == 'parquet': data = frame.to_parquet(index=False)
     else:
-        for column in ('path', 'label', 'name', 'error'): frame[column] = frame[column].map(lambda v: None if v is None else csv_safe(v))
+        for column in ('path', 'label', 'name', 'error'): frame[column] = frame[column].map(lambda v: None if pd.isna(v) else csv_safe(v))
         data = frame.to_csv(index=False)
     return atomic_write(path, data)
 
@@ -131,33 +134,43 @@ def model_files(model) -> dict[str, bytes]:
     found = {s: f for s, f in found.items() if s in ('.json', engine)}
     return {p.name: p.read_bytes() for p in found.values()}
 
+def _load(model):
+    "`load_predictor` of a path, or of the model's files (name -> bytes) written to a folder that is gone once loaded."
+    if not isinstance(model, dict): return load_predictor(model)
+    with tempfile.TemporaryDirectory(prefix='pictaxon-model-') as folder:
+        for name, content in model.items(): (Path(folder)/name).write_bytes(content)
+        return load_predictor(Path(folder)/next((name for name in model if name.endswith('.json')), next(iter(model))))
+
 class BatchClassifier:
     "A Ray actor's predictor, loaded once from `model`: a path, or the model's files (name -> bytes, or a Ray reference to them)."
     def __init__(self, model, batch_size: int = 32, allow_private: bool = False):
         if not isinstance(model, (str, os.PathLike, dict)):
             import ray
             model = ray.get(model)
-        if isinstance(model, dict):
-            folder = Path(tempfile.mkdtemp(prefix='pictaxon-model-'))
-            for name, content in model.items(): (folder/name).write_bytes(content)
-            model = folder/next((name for name in model if name.endswith('.json')), next(iter(model)))
-        self.predictor, self.batch_size, self.allow_private = load_predictor(model), batch_size, allow_private
+        self.predictor, self.batch_size, self.allow_private = _load(model), batch_size, allow_private
     def __call__(self, batch):
         import pandas as pd
         rows = classify_sources(self.predictor, [str(s) for s in batch['path']], self.batch_size, allow_private=self.allow_private)
         return pd.DataFrame(rows, columns=COLUMNS).astype({'page': 'Int64', 'probability': 'float64'})
 
 # %% ../../notebooks/09_scale.ipynb #c946c7e1
-def _start_local_ray(ray, attempts: int = 3, **options):
-    "`ray.init(**options)`, tried again when its processes miss Ray's fixed 30 s start-up deadline (a busy machine)."
+def _start_local_ray(ray, attempts: int = 3, **options) -> Path:
+    "Start a local Ray (`ray.init(**options)`) with its files in a new temporary folder, which it returns."
     for attempt in range(1, attempts + 1):
-        try: return ray.init(_temp_dir=tempfile.mkdtemp(prefix='pictaxon-ray-'), **options)
+        folder = Path(tempfile.mkdtemp(prefix='pictaxon-ray-'))
+        try:
+            ray.init(_temp_dir=str(folder), **options)
+            return folder
         except Exception as e:
             ray.shutdown()
+            # Ray's raylet gives its agents a fixed 15 s to start (ray-project/ray#65983): on a machine this busy
+            # it dies, and the next try usually fares better.
             if 'timed out during startup' not in str(e): raise
             if attempt == attempts:
-                raise PictaxonError(f'Ray did not start in {attempts} tries of 30 s: this machine is too busy. '
-                                    'Try again when it is quieter, or give Ray fewer CPUs (--num-cpus 1).') from None
+                raise PictaxonError(f'Ray did not start in {attempts} tries: this machine is too busy (Ray gives its '
+                                    f'agents 15 s; the logs are in {folder}/session_*/logs). Try again when it is '
+                                    'quieter, or join a running Ray with an address.') from None
+            shutil.rmtree(folder, ignore_errors=True)
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int = 2, object_store_mb: int = 100, quiet: bool = True):
@@ -167,8 +180,8 @@ def ray_session(address: str | None = None, *, num_cpus: int = 2, object_store_m
     if started:
         options = dict(log_to_driver=not quiet, configure_logging=True, logging_level=logging.ERROR if quiet else logging.INFO)
         if address: ray.init(address=address, **options)
-        else: _start_local_ray(ray, num_cpus=num_cpus, object_store_memory=object_store_mb * 1024**2,
-                               include_dashboard=False, **options)
+        else: folder = _start_local_ray(ray, num_cpus=num_cpus, object_store_memory=object_store_mb * 1024**2,
+                                        include_dashboard=False, **options)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = not quiet
     if quiet:
@@ -176,6 +189,7 @@ def ray_session(address: str | None = None, *, num_cpus: int = 2, object_store_m
     try: yield ray
     finally:
         if started: ray.shutdown()
+        if started and not address: shutil.rmtree(folder, ignore_errors=True)     # the local Ray's own files
 
 # %% ../../notebooks/09_scale.ipynb #f5db305e
 @dataclass

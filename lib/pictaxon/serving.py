@@ -224,6 +224,8 @@ def choose_engine(stem, card: dict, named: str | None = None) -> tuple | None:
 # %% ../../notebooks/04_serving.ipynb #5e1a0c15
 def load_predictor(path, *, engine: str | None = None, threads: int | None = None) -> Predictor:
     "A `Predictor` for the model at `path` (NAME.json, .onnx, .pt, .pkl or the stem): the lightest engine its card vouches for."
+    if engine not in (None, *ENGINES.values()):
+        raise ModelLoadError(f"There is no engine {engine!r}; pictaxon runs models with {', '.join(ENGINES.values())}.")
     stem, named = _resolve(path)
     card_file = _sibling(stem, '.json')
     explicit = {v: k for k, v in ENGINES.items()}.get(engine, engine) if engine else named if named in ('onnx', 'pt') else None
