@@ -24,7 +24,7 @@ app: venv
 
 # The default model, committed as models/bears.json (+ bears.onnx, .pt, .pkl, bears_report/): EfficientNet-Lite0
 # with its ImageNet weights from PyPI, fine-tuned on the shared bear photos, steps of 32 photos made of micro-batches
-# of 8 (peak about 1.4 GB: it fits Binder's 2 GB). One thread gives the same numbers on any machine and avoids
+# of 8 (peak 1.6 GB in binder-box: it fits Binder's 2 GB). One thread gives the same numbers on any machine and avoids
 # OpenMP's slowdown when the cores are shared (about 10 minutes on one CPU thread).
 # `make model-quick` writes models/bears_quick.json: a head on the frozen network's cached features, in seconds.
 BEARS ?= ../shared/datasets/bears

@@ -56,9 +56,10 @@ def make_photos(folder: Path) -> dict:
 
 class AppServer:
     """`pictaxon app` (optionally inside binder-box) with its log, its kernels and a memory sampler."""
-    def __init__(self, model: str, work: Path, binder_box: str | None):
+    def __init__(self, model: str, work: Path, binder_box: str | None, idle_timeout: int | None = None):
         self.port, self.log_path = free_port(), work / 'server.log'
         command = [str(BIN / 'pictaxon'), 'app', '--model', model, '--port', str(self.port)]
+        if idle_timeout is not None: command += ['--idle-timeout', str(idle_timeout)]
         if binder_box: command = [sys.executable, binder_box, '--', *command]
         self.started = time.perf_counter()
         with open(self.log_path, 'w') as log:
@@ -218,6 +219,7 @@ def main(argv=None):
     default_box = SHARED / 'tools' / 'binder-box'
     parser.add_argument('--binder-box', default=str(default_box) if default_box.exists() and os.geteuid() == 0 else None,
                         help='run the server inside this binder-box (default: ../shared/tools/binder-box when present)')
+    parser.add_argument('--idle-timeout', type=int, help="the server's --idle-timeout (default: pictaxon app's)")
     parser.add_argument('--json', default=str(ROOT / 'bench' / 'out' / 'app.json'))
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
@@ -232,7 +234,7 @@ def main(argv=None):
         # the page's shutdown request with it.
         browser = playwright.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS).new_context(
             viewport={'width': 1100, 'height': 900})
-        server = AppServer(args.model, work, args.binder_box)
+        server = AppServer(args.model, work, args.binder_box, args.idle_timeout)
         try:
             if not args.loads_only: measure_page(browser, server, photos, args.repeats, figures)
             else:
@@ -245,6 +247,7 @@ def main(argv=None):
         finally:
             figures['server_peak_mb'] = server.peak_mb
             log = server.stop()
+            figures['kernels_started'] = log.count('Kernel started')
             browser.browser.close()
     box = re.search(r'binder-box: peak resident (\d+) MB of a (\d+) MB limit on (\d+) CPU; OOM kills (\d+)', log)
     if box: figures['box_peak_mb'], figures['box_limit_mb'], figures['box_cpus'], figures['oom_kills'] = map(int, box.groups())
@@ -299,6 +302,7 @@ def report(figures):
           f'{figures["kernels_after_loads"]} (after {figures["last_kernel_gone_s"]:.1f} s), after the two pages '
           f'{figures["kernels_left"]} (after {figures["last_two_kernels_gone_s"]:.1f} s)')
     print(f'         server peak memory (all its processes, resident) {figures["server_peak_mb"]:.0f} MB')
+    print(f'         kernels started over the run {figures["kernels_started"]}')
     if 'box_peak_mb' in figures:
         print(f'         binder-box: peak {figures["box_peak_mb"]} MB of {figures["box_limit_mb"]} MB, '
               f'OOM kills {figures["oom_kills"]}')

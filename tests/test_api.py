@@ -182,3 +182,10 @@ def test_busy_server_answers_503(photos):
     service = PhotoService(MODEL, max_pending=0)
     answer = TestClient(create_app(service)).post('/predict', content=photos['chelsea.jpg'])
     assert answer.status_code == 503 and answer.headers['retry-after'] and 'busy' in answer.json()['error']
+
+
+def test_too_many_files_are_refused_with_json(server):
+    from pictaxon.api import MAX_FILES
+    files = [('photo', (f'{i}.jpg', b'tiny')) for i in range(MAX_FILES + 1)]
+    answer = httpx.post(f'{server}/predict', files=files, timeout=60)
+    assert answer.status_code == 413 and f'limit is {MAX_FILES}' in answer.json()['error']

@@ -7,7 +7,7 @@ process, and inference runs in a thread pool behind a bounded queue, so the even
 
 # %% ../../notebooks/08_api.ipynb #c6b256cb
 from __future__ import annotations
-import asyncio, json, logging, os, sys, time
+import asyncio, logging, os, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from .core import PictaxonError

@@ -337,7 +337,8 @@ def train_quick(dataset, out, *, valid_pct: float = 0.2, seed: int = 42, valid_f
                       f"dataset and were left out: {_listing(missing)}", stacklevel=2)
     train = np.setdiff1d(np.arange(len(fs)), valid)
     head = fit_head(fs.features[train], fs.labels[train], len(fs.classes), C=C)
-    evaluation = Evaluation.from_probabilities(fs.classes, [fs.paths[i] for i in valid],
+    paths = fs.paths
+    evaluation = Evaluation.from_probabilities(fs.classes, [paths[i] for i in valid],
                                                head.probabilities(fs.features[valid]), fs.labels[valid])
     onnx_path, card_path = stem.with_name(stem.name + '.onnx'), stem.with_name(stem.name + '.json')
     engine = quick_onnx(head, classes=fs.classes, class_names=fs.class_names)

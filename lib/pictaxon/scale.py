@@ -8,10 +8,9 @@ finished and a re-run skips it. With no address a small local Ray starts; with o
 
 # %% ../../notebooks/09_scale.ipynb #d694ed2c
 from __future__ import annotations
-import contextlib, csv, io, json, logging, os, re, shutil, sys, tempfile, time
+import contextlib, csv, io, json, logging, os, re, shutil, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np
 from .core import IMAGE_EXTENSIONS, PictaxonError, atomic_write
 from .images import DEFAULT_MAX_BYTES
 from .api import per_source

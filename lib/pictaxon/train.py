@@ -27,8 +27,8 @@ from .evaluation import (Evaluation, plot_confusion_matrix, plot_top_losses, plo
 __all__ = ['LITE_STATS', 'ARCHITECTURES', 'DEFAULT_ARCH', 'DEFAULT_LR', 'MICRO_BATCH', 'efficientnet_lite0', 'efficientnet_body',
            'efficientnet_split', 'WeightsUnavailable', 'ensure_weights', 'load_training_image', 'dataset_items',
            'presize', 'TrainingPhotos', 'training_photos', 'make_dataloaders', 'sample_dataset', 'TrainingHistory',
-           'PlainTensors', 'create_learner', 'is_main_process', 'training_device', 'on_hardware', 'train', 'evaluate',
-           'write_report']
+           'PlainTensors', 'create_learner', 'is_main_process', 'process_count', 'training_device', 'on_hardware',
+           'train', 'evaluate', 'write_report']
 
 # %% ../../notebooks/02_train.ipynb #b1d627ed
 LITE_STATS = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
@@ -221,6 +221,10 @@ def is_main_process() -> bool:
     "False in the helper processes `accelerate launch` (or torchrun) starts beside the main one: only the main one writes."
     return int(os.environ.get('RANK', 0)) == 0
 
+def process_count() -> int:
+    "How many processes share each optimiser step (`accelerate launch --num_processes`; 1 alone)."
+    return int(os.environ.get('WORLD_SIZE', 1))
+
 def training_device() -> torch.device:
     "This process's GPU when there is one (the one `accelerate launch` gave it), else the CPU."
     if not torch.cuda.is_available(): return torch.device('cpu')
@@ -242,7 +246,7 @@ def _distributed_trainer(**options):
 def on_hardware(learn):
     "Fit `learn` on what this process has: a GPU with mixed precision, and its share of each epoch under `accelerate launch`; yields the card's record."
     from fastai.callback.progress import ProgressCallback
-    device, processes = training_device(), int(os.environ.get('WORLD_SIZE', 1))
+    device, processes = training_device(), process_count()
     gpu = device.type == 'cuda'
     if gpu: torch.cuda.set_device(device)
     learn.dls.to(device); learn.model.to(device)
@@ -279,14 +283,16 @@ def train(dataset, *, arch: str = DEFAULT_ARCH, epochs: int = 4, lr: float | Non
     "Fine-tune `arch` on the dataset folder `dataset`; returns the fastai `Learner` with `training_info` set."
     if epochs < 1: raise PictaxonError(f"epochs must be at least 1, not {epochs}.")
     micro_batch = min(micro_batch or batch_size, batch_size)
+    share = process_count()     # under `accelerate launch` each process takes its share of every step's photos
     photos = training_photos(dataset, size=size, valid_pct=valid_pct, seed=seed, valid_files=valid_files,
                              valid_sha256=valid_sha256)
-    dls = make_dataloaders(dataset, size=size, seed=seed, batch_size=micro_batch, photos=photos)
+    dls = make_dataloaders(dataset, size=size, seed=seed, batch_size=max(1, micro_batch // share), photos=photos)
     learn = create_learner(dls, arch, pretrained=pretrained)
     lr = lr or DEFAULT_LR
     set_seed(seed, reproducible=True)
     start = time.time()
-    with on_hardware(learn) as hardware: _fit(learn, epochs, lr, pretrained, batch_size, micro_batch, progress)
+    with on_hardware(learn) as hardware:
+        _fit(learn, epochs, lr, pretrained, max(1, batch_size // share), max(1, micro_batch // share), progress)
     seconds = time.time() - start
     evaluation = evaluate(learn)
     learn.dls.cpu(); learn.model.cpu()     # exported and served on the CPU, whatever it trained on
