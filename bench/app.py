@@ -33,6 +33,8 @@ CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networki
                  '--disable-sync', '--no-first-run']
 TARGETS = {'cold_start_s': 10.0, 'label_12mp_s': 1.0, 'kernel_uss_mb': 200.0}
 MB = 1024**2
+sys.path.insert(0, str(ROOT / 'tests'))
+from app_page import open_page, close_tab      # the tests drive the page the same way
 
 
 def free_port() -> int:
@@ -115,24 +117,6 @@ def kernel_memory_mb(kernel: psutil.Process) -> dict:
     return {'uss': info.uss / MB, 'rss': info.rss / MB,
             'peak': int(re.search(r'VmHWM:\s+(\d+) kB', status).group(1)) / 1024,
             'torch_loaded': 'libtorch' in maps, 'onnxruntime_loaded': 'onnxruntime' in maps}
-
-
-def open_page(browser, url):
-    page = browser.new_page()
-    page.goto(url, timeout=120_000)
-    page.wait_for_selector('.widget-upload', state='visible', timeout=120_000)
-    return page
-
-
-def close_tab(page):
-    """Close `page` as a user closes a tab: its beforeunload handlers run (Voila's asks for its kernel's shutdown).
-    With `run_before_unload` playwright does not wait for the close, and headless chromium finishes it only
-    once something waits on the page: wait for it."""
-    page.close(run_before_unload=True)
-    try:
-        if not page.is_closed(): page.wait_for_event('close', timeout=30_000)
-    except Exception:
-        if not page.is_closed(): raise
 
 
 def upload(page, path: Path, count: int, timeout=120_000) -> float:

@@ -221,7 +221,9 @@ def test_cli_from_folder_keeps_all_414_bears(tmp_path, bears_dir):
 
 def test_ctrl_c_leaves_no_partial_file_and_a_rerun_completes(tmp_path, bears_dir):
     photos = bear_photos(bears_dir, per_class=20)
-    with PhotoServer(photos, latency=0.05) as server:
+    # 0.2 s a photo on 2 workers: the whole gather takes 6 s, so Ctrl-C lands mid-run even when a busy machine
+    # lets this test's own polling fall a second or two behind.
+    with PhotoServer(photos, latency=0.2) as server:
         urls = write_urls(tmp_path / 'u.csv', [(name.split('-')[0], f'{server.url}/photo/{name}') for name in photos])
         dest = tmp_path / 'd'
         command = [sys.executable, '-m', 'pictaxon.cli', 'gather', str(dest), '--urls', str(urls), '--workers', '2',

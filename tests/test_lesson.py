@@ -298,5 +298,7 @@ def test_the_readme_opens_with_the_set_up_and_both_binder_badges():
     setup = readme.split('```bash\n', 1)[1].split('```', 1)[0]
     assert [line.split()[:2] for line in setup.strip().splitlines()] == [['make', 'app'], ['make', 'test']]
     badges = [line for line in readme.splitlines() if 'mybinder.org/v2/gh/' in line]
-    assert 'urlpath=voila%2Frender%2Fapp.ipynb' in badges[0] and 'lab%2Ftree%2Flesson.ipynb' in readme.split('## Set up')[0]
+    before_tour = readme.split('## A tour')[0]
+    assert readme.index('## Set up') < readme.index('mybinder.org/v2/gh/')      # the two commands come first
+    assert 'urlpath=voila%2Frender%2Fapp.ipynb' in badges[0] and 'lab%2Ftree%2Flesson.ipynb' in before_tour
     assert ' GB' in readme.split('## A tour')[0]          # how much disk the install takes

@@ -283,16 +283,19 @@ def train(dataset, *, arch: str = DEFAULT_ARCH, epochs: int = 4, lr: float | Non
     "Fine-tune `arch` on the dataset folder `dataset`; returns the fastai `Learner` with `training_info` set."
     if epochs < 1: raise PictaxonError(f"epochs must be at least 1, not {epochs}.")
     micro_batch = min(micro_batch or batch_size, batch_size)
-    share = process_count()     # under `accelerate launch` each process takes its share of every step's photos
+    # Under `accelerate launch` each process takes its share of every step's photos, in micro-batches of the same
+    # size as one process would use (BatchNorm sees as many photos at once), just fewer of them.
+    per_process = max(1, batch_size // process_count())
+    micro_batch = min(micro_batch, per_process)
     photos = training_photos(dataset, size=size, valid_pct=valid_pct, seed=seed, valid_files=valid_files,
                              valid_sha256=valid_sha256)
-    dls = make_dataloaders(dataset, size=size, seed=seed, batch_size=max(1, micro_batch // share), photos=photos)
+    dls = make_dataloaders(dataset, size=size, seed=seed, batch_size=micro_batch, photos=photos)
     learn = create_learner(dls, arch, pretrained=pretrained)
     lr = lr or DEFAULT_LR
     set_seed(seed, reproducible=True)
     start = time.time()
     with on_hardware(learn) as hardware:
-        _fit(learn, epochs, lr, pretrained, max(1, batch_size // share), max(1, micro_batch // share), progress)
+        _fit(learn, epochs, lr, pretrained, per_process, micro_batch, progress)
     seconds = time.time() - start
     evaluation = evaluate(learn)
     learn.dls.cpu(); learn.model.cpu()     # exported and served on the CPU, whatever it trained on
