@@ -228,12 +228,20 @@ def test_ctrl_c_leaves_no_partial_file_and_a_rerun_completes(tmp_path, bears_dir
         dest = tmp_path / 'd'
         command = [sys.executable, '-m', 'pictaxon.cli', 'gather', str(dest), '--urls', str(urls), '--workers', '2',
                    '--allow-private-addresses']
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Start the gather as a terminal would: Ctrl-C delivered and handled by default, whatever the test runner
+        # inherited (a suite started in the background may have SIGINT ignored or blocked, and a child keeps both).
+        def as_in_a_terminal():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=as_in_a_terminal)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(list(dest.glob('*/*.jpg'))) < 5: time.sleep(0.02)
+        signals = [line for line in Path(f'/proc/{process.pid}/status').read_text().splitlines()
+                   if line.startswith(('SigBlk', 'SigIgn', 'SigCgt'))]      # shown if Ctrl-C does not stop it
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
-        assert process.returncode == 130, err
+        assert process.returncode == 130, (err, signals)
         assert 'interrupted' in err and 'run the same command again' in err
         interrupted_with = len(list(dest.glob('*/*.jpg')))
         assert 5 <= interrupted_with < 60
