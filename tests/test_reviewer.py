@@ -144,7 +144,9 @@ def page_notebook(folder: Path, dataset: Path) -> Path:
 def wait_for(condition, timeout=30, what='condition'):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if condition(): return
+        try:
+            if condition(): return
+        except FileNotFoundError: pass          # the page's kernel is moving files right now: look again
         time.sleep(0.2)
     raise AssertionError(f'timed out waiting for {what}')
 
@@ -176,9 +178,14 @@ def test_the_reviewer_in_a_real_browser_marks_switches_applies_and_undoes(datase
             page.wait_for_selector('.pictaxon-tile', timeout=120_000)
 
             def tiles() -> list:
-                return page.eval_on_selector_all('.pictaxon-tile', '''ts => ts.map(t => [
-                    t.querySelector('.pictaxon-caption b').textContent,
-                    t.querySelector('select').options[t.querySelector('select').selectedIndex].text])''')
+                # While the page swaps tiles, a tile may not have its caption or menu yet: such a page is "not
+                # there yet" (an empty list), and the wait_for around each check simply looks again.
+                return page.eval_on_selector_all('.pictaxon-tile', '''ts => {
+                    const rows = ts.map(t => {
+                        const caption = t.querySelector('.pictaxon-caption b'), menu = t.querySelector('select');
+                        return caption && menu && menu.selectedIndex >= 0
+                            ? [caption.textContent, menu.options[menu.selectedIndex].text] : null; });
+                    return rows.includes(null) ? [] : rows; }''')
 
             def choose(index: int, label: str):
                 page.locator('.pictaxon-tile select').nth(index).select_option(label=label)
@@ -186,17 +193,21 @@ def test_the_reviewer_in_a_real_browser_marks_switches_applies_and_undoes(datase
             def view(label: str):
                 page.locator('.pictaxon-reviewer select').first.select_option(label=label)
 
-            first = tiles()[0][0]
+            def first_tile():
+                shown = tiles()
+                return shown[0] if shown else None
+            wait_for(first_tile, 20, 'the first page')
+            first = first_tile()[0]
             choose(0, 'delete')
             page.get_by_role('button', name='next >').click()
-            wait_for(lambda: tiles() and tiles()[0][0] != first, 20, 'the second page')
-            second = tiles()[0][0]
+            wait_for(lambda: first_tile() and first_tile()[0] != first, 20, 'the second page')
+            second = first_tile()[0]
             target = 'coffee' if second.startswith('cat/') else 'cat'
             choose(0, f'relabel: {target}')
             view('every photo')
-            wait_for(lambda: tiles()[0][0] not in (first, second), 20, 'the view "every photo"')
+            wait_for(lambda: first_tile() and first_tile()[0] not in (first, second), 20, 'the view "every photo"')
             view('all suspects, most suspect first')
-            wait_for(lambda: tiles()[0] == [first, 'delete'], 20, 'the mark kept after switching views')
+            wait_for(lambda: first_tile() == [first, 'delete'], 20, 'the mark kept after switching views')
             assert snapshot(dataset) == before                   # marking moves nothing
             page.get_by_role('button', name='apply 2 marks...').click()
             page.wait_for_selector('text=Will apply: 1 delete, 1 relabel', timeout=20_000)
