@@ -233,8 +233,8 @@ def prediction_record(p) -> dict:
     if p.page: record.update(page=p.page, pages=p.pages)
     return record
 
-@verb('predict', 'classify photos, PDF pages or folders of them with a trained model', add_predict_arguments)
 def run_predict(args) -> int:
+    "Classify in this process (`pictaxon predict` without --ray)."
     import json
     from pictaxon.serving import load_predictor, predict
     model = load_predictor(args.model)
@@ -266,6 +266,7 @@ def add_bulk_predict_arguments(parser):
     bulk.add_argument('--allow-private-addresses', action='store_true',
                       help='with --ray: let URLs in a list file reach this machine or the local network (default: public only)')
 
+@verb('predict', 'classify photos, PDF pages or folders of them with a trained model', add_bulk_predict_arguments)
 def run_bulk_predict(args) -> int:
     "`pictaxon predict`, or with --ray `pictaxon.scale.predict_bulk`."
     if args.ray is None: return run_predict(args)
@@ -275,8 +276,6 @@ def run_bulk_predict(args) -> int:
                           allow_private=args.allow_private_addresses)
     print(report.summary())
     return 1 if report.classified and report.errors == report.classified else 0
-
-VERBS['predict'] = (VERBS['predict'][0], add_bulk_predict_arguments, run_bulk_predict)
 
 # %% ../../notebooks/06_cli.ipynb #b7a8034f
 def add_app_arguments(parser):
