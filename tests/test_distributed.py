@@ -1,6 +1,10 @@
 """`pictaxon train` under `accelerate launch` with two CPU processes (gloo) on the tiny sample dataset: the model is
 written once, by the main process, the card records the processes and the device, and the accuracy is within noise
-of a single-process run of the same command."""
+of a single-process run of the same command.
+
+Each process takes micro-batches of 8, as the single process does (16 photos a step, 8 a process): with 8 a step,
+each process would see 4 at once, and BatchNorm over 4 photos trains worse on its own (one process with micro-batches
+of 4: 0.83 against 1.00 on the 30-a-class sample); `train` warns about that."""
 import json, os, subprocess, sys
 from pathlib import Path
 
@@ -10,7 +14,7 @@ from pictaxon.train import sample_dataset
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
-TRAIN = ['train', '--epochs', '3', '--size', '96', '--batch-size', '8', '--micro-batch', '8', '--valid-pct', '0.3',
+TRAIN = ['train', '--epochs', '3', '--size', '96', '--batch-size', '16', '--micro-batch', '8', '--valid-pct', '0.3',
          '--seed', '42']
 
 
@@ -22,7 +26,7 @@ def run(command, **kwargs):
 
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
-    return sample_dataset(tmp_path_factory.mktemp('data') / 'sample', per_class=30)
+    return sample_dataset(tmp_path_factory.mktemp('data') / 'sample', per_class=60)
 
 
 @pytest.mark.slow
@@ -40,9 +44,10 @@ def test_two_cpu_processes_write_one_model_as_good_as_one_process(dataset, tmp_p
     assert double['n_valid'] == single['n_valid'] and double['valid_files'] == single['valid_files']
     print(f"\none process: valid accuracy {single['valid_accuracy']:.3f} in {single['training_seconds']} s; "
           f"two processes: {double['valid_accuracy']:.3f} in {double['training_seconds']} s ({single['n_valid']} valid photos)")
-    # 18 validation photos: one photo is 6 points; two processes see the same photos in half the steps
-    assert abs(double['valid_accuracy'] - single['valid_accuracy']) <= 0.25
-    assert double['valid_accuracy'] >= 0.5
+    # 36 validation photos: one photo is 2.8 points; within noise is within two photos
+    assert abs(double['valid_accuracy'] - single['valid_accuracy']) <= 2 / single['n_valid'] + 1e-9
+    assert double['valid_accuracy'] >= 0.9 and single['valid_accuracy'] >= 0.9
+    assert double['micro_batch'] == single['micro_batch'] == 8
     from pictaxon.serving import load_predictor, predict
     predictor = load_predictor(two / 'model.json')
     assert predictor.engine == 'onnx' and predict(predictor, sorted(dataset.glob('cat/*.jpg'))[:1])[0].ok

@@ -238,6 +238,11 @@ def _distributed_trainer(**options):
             t = torch.LongTensor(t).to('cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu')
             torch.distributed.broadcast(t, rank)
             return t.cpu().tolist()
+        def __len__(self):
+            # fastai counts the batches before sharding (5 of 8 photos -> 3 a process), so with drop_last it promises
+            # batches that never come (2 a process): the one-cycle schedule then stops two thirds of the way, at a high LR.
+            share = -(-self.dl.n // self.world_size)          # photos a process, padded as `get_idxs` pads
+            return share // self.bs if self.drop_last else -(-share // self.bs)
     class Trainer(DistributedTrainer):
         def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else Loader(dl, device=self.learn.model.device)
     return Trainer(**options)
@@ -286,6 +291,10 @@ def train(dataset, *, arch: str = DEFAULT_ARCH, epochs: int = 4, lr: float | Non
     # Under `accelerate launch` each process takes its share of every step's photos, in micro-batches of the same
     # size as one process would use (BatchNorm sees as many photos at once), just fewer of them.
     per_process = max(1, batch_size // process_count())
+    if per_process < micro_batch:
+        warnings.warn(f"{batch_size} photos a step over {process_count()} processes leaves {per_process} a process, so "
+                      f"BatchNorm averages over {per_process} photos instead of {micro_batch}, which trains worse. Use "
+                      f"--batch-size {micro_batch * process_count()} or more.", stacklevel=2)
     micro_batch = min(micro_batch, per_process)
     photos = training_photos(dataset, size=size, valid_pct=valid_pct, seed=seed, valid_files=valid_files,
                              valid_sha256=valid_sha256)
