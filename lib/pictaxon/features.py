@@ -102,6 +102,10 @@ class FeatureCache:
 
     def path(self, sha256: str) -> Path: return self.root/sha256[:2]/f'{sha256}.npy'
 
+    def mirrored(self) -> 'FeatureCache':
+        "The cache of the mirror images' vectors, beside this one."
+        return FeatureCache(self.root.with_name(self.root.name + '-mirrored'))
+
     def get(self, sha256: str) -> np.ndarray | None:
         "The cached vector, or None when missing or unreadable."
         try: vector = np.load(self.path(sha256), allow_pickle=False)
@@ -158,7 +162,7 @@ def dataset_features(dataset, progress: bool = True, *, mirrored: bool = False, 
     pairs = [(f, label) for label, d in enumerate(folders) for f in image_files(d)]
     shas = [sha256_file(f) for f, _ in pairs]
     cache = cache or FeatureCache()
-    caches = [cache] + ([FeatureCache(cache.root.with_name(cache.root.name + '-mirrored'))] if mirrored else [])
+    caches = [cache] + ([cache.mirrored()] if mirrored else [])
     views = [[c.get(s) for s in shas] for c in caches]      # one list of vectors per view: as is, mirrored
     todo = [i for i in range(len(pairs)) if any(view[i] is None for view in views)]
     skipped = {}
