@@ -508,6 +508,27 @@ def test_pdfs_from_your_folder_become_page_photos(tmp_path, samples):
     assert statuses(tmp_path / 'e')[str((many / 'cat' / 'long.pdf').resolve())] == 'rejected:too_many_pages'
 
 
+def test_a_class_cleaned_away_while_gather_runs_is_not_reported_as_a_failed_download(tmp_path):
+    """A person moves every photo of a class to the quarantine while gather is still working on that class: gather
+    kept a photo for it, so it says nothing failed (no exit 1), and the photo waits in the quarantine for undo."""
+    name = sorted(sample_photos(1))[0]                            # one cat photo
+    dest = tmp_path / 'd'
+    cleaned = []
+    def person_cleans_meanwhile(path):
+        if path != '/404' or cleaned: return                       # while gather fetches the class's second URL
+        deadline = time.time() + 10
+        while not (kept := sorted((dest / 'cat').glob('*.jpg'))) and time.time() < deadline: time.sleep(0.01)
+        cleaned.append(apply_decisions(dest, [(f'cat/{kept[0].name}', 'delete')]))
+    with PhotoServer(sample_photos(1), on_request=person_cleans_meanwhile) as server:
+        urls = write_urls(tmp_path / 'u.csv', [('cat', f'{server.url}/photo/{name}'), ('cat', f'{server.url}/404')])
+        report = gather(dest, urls_file=urls, progress=False, allow_private=True, workers=1)
+    assert cleaned, 'the clean ran while gather did'
+    assert report.ok, report.summary()
+    assert report.counts['cat']['kept'] == 1 and not list((dest / 'cat').glob('*.jpg'))
+    undo(dest)
+    assert len(list((dest / 'cat').glob('*.jpg'))) == 1                # nothing lost
+
+
 def test_gather_and_clean_at_the_same_time_keep_manifest_and_files_in_step(tmp_path):
     """Item 5, as it happens: a gather process downloads while this process applies and undoes cleans on the
     same dataset; afterwards the manifest agrees with the files and nothing is lost."""
@@ -531,7 +552,7 @@ def test_gather_and_clean_at_the_same_time_keep_manifest_and_files_in_step(tmp_p
             cleans += 1
             time.sleep(0.05)                 # a person's pace; a loop with no pause would starve gather of the lock
         out, err = process.communicate()
-    assert process.returncode == 0, err
+    assert process.returncode == 0, out + err
     assert cleans >= 2, 'the cleans ran while gather did'
     files = {p.relative_to(dest).as_posix(): sha256_file(p) for p in dest.rglob('*.jpg')}
     rows = [r for r in read_manifest(dest) if r['file']]

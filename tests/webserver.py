@@ -37,11 +37,14 @@ class PhotoServer:
     /huge-stream.jpg (streams 25 MB with no length), /bomb.png, /empty.jpg, /webp.jpg (the last photo as WEBP bytes),
     /near/<name> (a re-encoded near copy), /trickle.jpg (declares 40 bytes, sends one every `trickle_s`),
     /to-localhost/<name> (redirects to the photo at http://localhost:PORT, another name for this machine).
-    `latency` seconds are added to every request.
+    `latency` seconds are added to every request; `on_request(path)`, when given, runs before each answer
+    (what the rest of the world does meanwhile, e.g. a person cleaning the dataset).
     """
 
-    def __init__(self, photos: dict[str, bytes], latency: float = 0.0, hang_s: float = 3.0, trickle_s: float = 0.3):
+    def __init__(self, photos: dict[str, bytes], latency: float = 0.0, hang_s: float = 3.0, trickle_s: float = 0.3,
+                 on_request=None):
         self.photos, self.latency, self.hang_s, self.trickle_s = photos, latency, hang_s, trickle_s
+        self.on_request = on_request
         self.requests = 0
         first = next(iter(photos.values()))
         self.special = {
@@ -72,6 +75,7 @@ class PhotoServer:
                 server.requests += 1
                 if server.latency: time.sleep(server.latency)
                 path = self.path
+                if server.on_request: server.on_request(path)
                 try:
                     if path.startswith('/photo/') and path[7:] in server.photos:
                         return self.send(200, 'image/jpeg', server.photos[path[7:]])

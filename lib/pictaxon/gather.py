@@ -514,7 +514,8 @@ def gather(dest, classes=(), *, per_class: int = 150, queries=None, max_size: in
                 todo = [c for c in found if not recorder.known(c)]
                 _process(todo, recorder, pool, settings, missing, progress, folder)
             asked = set(folders.values())
-    for folder in sorted(asked):
-        if not (dest/folder).is_dir() or not image_files(dest/folder):
+    for folder in sorted(asked):       # a class is a failure when it has no photo and this run kept none for it
+        kept_now = report.counts.get(folder, {}).get('kept', 0)  # (a clean running meanwhile may have moved them)
+        if not kept_now and (not (dest/folder).is_dir() or not image_files(dest/folder)):
             report.failures.append(f'the class folder {folder} has no photo; see the manifest for why each candidate failed.')
     return report
