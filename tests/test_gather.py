@@ -511,7 +511,8 @@ def test_pdfs_from_your_folder_become_page_photos(tmp_path, samples):
 def test_a_class_cleaned_away_while_gather_runs_is_not_reported_as_a_failed_download(tmp_path):
     """A person moves every photo of a class to the quarantine while gather is still working on that class: gather
     kept a photo for it, so it says nothing failed (no exit 1), and the photo waits in the quarantine for undo."""
-    name = sorted(sample_photos(1))[0]                            # one cat photo
+    photos = sample_photos(1)
+    name = sorted(photos)[0]                                      # one cat photo
     dest = tmp_path / 'd'
     cleaned = []
     def person_cleans_meanwhile(path):
@@ -519,7 +520,7 @@ def test_a_class_cleaned_away_while_gather_runs_is_not_reported_as_a_failed_down
         deadline = time.time() + 10
         while not (kept := sorted((dest / 'cat').glob('*.jpg'))) and time.time() < deadline: time.sleep(0.01)
         cleaned.append(apply_decisions(dest, [(f'cat/{kept[0].name}', 'delete')]))
-    with PhotoServer(sample_photos(1), on_request=person_cleans_meanwhile) as server:
+    with PhotoServer(photos, on_request=person_cleans_meanwhile) as server:
         urls = write_urls(tmp_path / 'u.csv', [('cat', f'{server.url}/photo/{name}'), ('cat', f'{server.url}/404')])
         report = gather(dest, urls_file=urls, progress=False, allow_private=True, workers=1)
     assert cleaned, 'the clean ran while gather did'
